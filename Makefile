@@ -1,0 +1,27 @@
+# The two commands of the README: `make sinusoid` (the main job) and `make test`.
+# Each creates the virtualenv and installs the pinned ranges on first use.
+PYTHON ?= python3
+VENV ?= .venv
+WORKDIR ?= workdir/sinusoid
+BIN := $(VENV)/bin
+
+.PHONY: sinusoid test lint install
+
+$(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+sinusoid: $(VENV)/.installed
+	$(BIN)/python -m experiments.main --config experiments/configs/sinusoid.py --workdir $(WORKDIR)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest -q -n 2 --durations=10

@@ -1,0 +1,173 @@
+"""summary.md, noise_sweep.png and fits.png from the rows of results.jsonl."""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import tempfile
+
+import numpy as np
+
+TEACHER = "teacher"
+
+
+def load_rows(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _label(method: str, head: str) -> str:
+    return method if head == "main" else f"{method} ({head} head)"
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, np.float64)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return math.nan, math.nan
+    se = float(np.std(a, ddof=1) / np.sqrt(a.size)) if a.size > 1 else math.nan
+    return float(np.mean(a)), se
+
+
+def aggregate(rows: list[dict], metric: str) -> dict[str, dict[tuple[str, float], tuple]]:
+    """``{noise: {(label, level): (mean, se, n)}}`` over seeds."""
+    groups = collections.defaultdict(list)
+    for r in rows:
+        if metric in r:
+            groups[(r["noise"], _label(r["method"], r["head"]), r["level"])].append(r[metric])
+    out: dict = collections.defaultdict(dict)
+    for (kind, label, level), values in groups.items():
+        out[kind][(label, level)] = (*_mean_se(values), len(values))
+    return out
+
+
+def _fmt(mean: float, se: float, digits: int = 3) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" if not math.isfinite(se) else f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
+def _table(cells: dict, labels: list[str], levels: list[float], *, mark_best: bool) -> list[str]:
+    lines = ["| method | " + " | ".join(f"{lv:g}" for lv in levels) + " |"]
+    lines.append("|---|" + "---|" * len(levels))
+    best = {}
+    if mark_best:
+        for lv in levels:
+            means = [
+                (cells[(lb, lv)][0], lb)
+                for lb in labels
+                if (lb, lv) in cells and lb != TEACHER and math.isfinite(cells[(lb, lv)][0])
+            ]
+            if means:
+                best[lv] = min(means)[1]
+    for lb in labels:
+        row = []
+        for lv in levels:
+            if (lb, lv) not in cells:
+                row.append("")
+                continue
+            text = _fmt(*cells[(lb, lv)][:2])
+            row.append(f"**{text}**" if best.get(lv) == lb else text)
+        lines.append(f"| {lb} | " + " | ".join(row) + " |")
+    return lines
+
+
+def summary_markdown(rows: list[dict], *, elapsed_s: float | None = None) -> str:
+    rmse = aggregate(rows, "rmse")
+    lines = ["# Noise sweep summary", ""]
+    if elapsed_s is not None:
+        lines += [f"Sweep time: {elapsed_s:.0f} s.", ""]
+    seeds = sorted({r["seed"] for r in rows})
+    lines += [
+        f"Test RMSE on the clean test split, mean ± standard error over {len(seeds)} seeds; "
+        "**bold** is the best student per column (the teacher row is the large model, "
+        "not a student).",
+        "",
+    ]
+    for kind, cells in rmse.items():
+        labels = list(dict.fromkeys(lb for lb, _ in cells))
+        levels = sorted({lv for _, lv in cells})
+        lines += [f"## Noise model: {kind} (columns: level)", ""]
+        lines += _table(cells, labels, levels, mark_best=True)
+        lines.append("")
+    for metric in ("rejection_rate", "precision", "recall"):
+        agg = aggregate(rows, metric)
+        for kind, cells in agg.items():
+            labels = list(dict.fromkeys(lb for lb, _ in cells))
+            levels = sorted({lv for _, lv in cells})
+            lines += [f"### TOR {metric} against the true corruption mask, {kind}", ""]
+            lines += _table(cells, labels[:1], levels, mark_best=False)
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _savefig(fig, path: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def plot_noise_sweep(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rmse = aggregate(rows, "rmse")
+    fig, axes = plt.subplots(1, len(rmse), figsize=(6.5 * len(rmse), 4.5), squeeze=False)
+    for ax, (kind, cells) in zip(axes[0], rmse.items(), strict=True):
+        for label in dict.fromkeys(lb for lb, _ in cells):
+            levels = sorted(lv for lb, lv in cells if lb == label)
+            mean = [cells[(label, lv)][0] for lv in levels]
+            se = [np.nan_to_num(cells[(label, lv)][1]) for lv in levels]
+            style = {"ls": "--", "color": "k"} if label == TEACHER else {}
+            ax.errorbar(levels, mean, yerr=se, marker="o", ms=3, capsize=2, label=label, **style)
+        ax.set_xlabel(f"{kind} level")
+        ax.set_ylabel("test RMSE (clean labels)")
+        ax.set_title(f"noise model: {kind}")
+        ax.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    _savefig(fig, path)
+    plt.close(fig)
+
+
+def plot_fits(fits: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    bad = fits["corrupted"]
+    ax.scatter(fits["x_train"][~bad], fits["y_train"][~bad], s=3, c="0.7", label="labels")
+    if bad.any():
+        ax.scatter(
+            fits["x_train"][bad],
+            fits["y_train"][bad],
+            s=3,
+            c="tab:red",
+            alpha=0.5,
+            label="corrupted labels",
+        )
+    ax.plot(fits["grid"], fits["clean"], "k-", lw=2, label="clean function")
+    for key, style in ((TEACHER, "C0--"), ("scratch_l2", "C1-"), ("tor_multitask", "C2-")):
+        if key in fits:
+            ax.plot(fits["grid"], fits[key], style, lw=1.5, label=f"{key}")
+    ax.set_title(f"fits at {fits['noise']} level {fits['level']:g} (seed 0)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    _savefig(fig, path)
+    plt.close(fig)
+
+
+def write_all(rows, fits, workdir, *, config=None, elapsed_s=None) -> None:
+    text = summary_markdown(rows, elapsed_s=elapsed_s)
+    fd, tmp = tempfile.mkstemp(dir=workdir, prefix="summary.md.tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, os.path.join(workdir, "summary.md"))
+    plot_noise_sweep(rows, os.path.join(workdir, "noise_sweep.png"))
+    if fits is not None:
+        plot_fits(fits, os.path.join(workdir, "fits.png"))

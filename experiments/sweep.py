@@ -1,0 +1,318 @@
+"""The noise sweep: for every noise model, level and seed, a teacher and one student per method.
+
+One *cell* is a (noise model, level) pair. Within a cell every seed is a member of one
+population: data, noise, teacher and students of all seeds train in one vmapped, jitted
+program, and each method's train step is compiled once for the whole sweep (the per-cell
+loss constants δ and η live in the train state, so they do not trigger recompilation).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import tempfile
+import time
+import zlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from experiments import report
+from kd_regression import input_pipeline, losses, models, noise, teacher_store, train
+from kd_regression.datasets import sinusoid
+from kd_regression.methods import LossConfig, get_method
+
+TEACHER = "teacher"
+FIT_GRID = 400  # points of the x grid drawn in fits.png
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + ".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def validate(config: ml_collections.ConfigDict) -> LossConfig:
+    """Checks the config before any work; returns the parsed loss config."""
+    if config.dataset.name != "sinusoid":
+        raise ValueError(f"dataset.name={config.dataset.name!r}: only 'sinusoid' so far")
+    if config.num_seeds < 1:
+        raise ValueError(f"num_seeds must be >= 1, got {config.num_seeds}")
+    for name in config.methods:
+        get_method(name)
+    teacher_method = get_method(config.teacher.method)
+    if teacher_method.needs_teacher or teacher_method.two_heads:
+        raise ValueError(
+            f"teacher.method={config.teacher.method!r} must be a no-teacher, one-head method "
+            "(scratch_l2, scratch_l1, scratch_huber)"
+        )
+    for kind in config.noise:
+        if kind not in noise.NOISE_KINDS:
+            raise ValueError(f"noise.{kind}: not a noise model; allowed {noise.NOISE_KINDS}")
+        if not list(config.noise[kind]):
+            raise ValueError(f"noise.{kind}: empty list of levels")
+    if config.inference_head not in (models.LABEL_HEAD, models.TEACHER_HEAD):
+        raise ValueError(f"inference_head={config.inference_head!r}: 'label' or 'teacher'")
+    for part in ("teacher", "student"):
+        c = config[part]
+        if not 1 <= c.batch_size <= config.dataset.train_size:
+            raise ValueError(
+                f"{part}.batch_size={c.batch_size} must be in [1, dataset.train_size="
+                f"{config.dataset.train_size}]"
+            )
+    return LossConfig.from_dict(config.loss.to_dict())
+
+
+def _cell_data(config, kind: str, level: float) -> dict[str, np.ndarray]:
+    """Population-stacked splits ``[S, n, 1]`` with noisy train/val labels and the mask."""
+    ds = config.dataset
+    lo, hi = sinusoid.label_range(amplitude=ds.amplitude, margin=ds.outlier_margin)
+    out: dict[str, list] = {}
+    for s in range(config.num_seeds):
+        seed = config.seed + s
+        splits = {
+            name: sinusoid.load(
+                name,
+                size=ds[f"{name}_size"],
+                seed=seed,
+                amplitude=ds.amplitude,
+                frequency=ds.frequency,
+            )
+            for name in ("train", "validation", "test")
+        }
+        # The noise key depends on the seed, model and level only; the data do not change
+        # with the level, so a column of the summary is the same examples, noisier.
+        key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(f"{kind}:{level}".encode()))
+        k_train, k_val = jax.random.split(key)
+        noisy = {}
+        for name, k in (("train", k_train), ("validation", k_val)):
+            noisy[name] = noise.add_label_noise(
+                k, splits[name].y, kind=kind, level=level, label_range=(lo, hi)
+            )
+        row = {
+            "x_train": splits["train"].x,
+            "y_train": np.asarray(noisy["train"].labels),
+            "y_train_clean": splits["train"].y,
+            "corrupted": np.asarray(noisy["train"].corrupted),
+            "x_val": splits["validation"].x,
+            "y_val": np.asarray(noisy["validation"].labels),
+            "x_test": splits["test"].x,
+            "y_test": splits["test"].y,
+        }
+        for k, v in row.items():
+            out.setdefault(k, []).append(v)
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def _params_digest(params) -> str:
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(params)):
+        h.update(np.ascontiguousarray(leaf).tobytes())
+    return h.hexdigest()[:16]
+
+
+class _Programs:
+    """Jitted, vmapped train and predict functions, built once per (role, method)."""
+
+    def __init__(self, config, loss_cfg: LossConfig):
+        self.config, self.loss_cfg = config, loss_cfg
+        self._cache: dict = {}
+
+    def get(self, role: str, method_name: str):
+        key = (role, method_name)
+        if key not in self._cache:
+            part = self.config.teacher if role == TEACHER else self.config.student
+            method = get_method(method_name)
+            model_fn = functools.partial(
+                models.mlp, 1, list(part.hidden), 1, two_heads=method.two_heads
+            )
+            tx = optax.adam(part.learning_rate)
+            graphdef = train.init_state(model_fn, tx, jax.random.key(0))[0]
+            step = jax.jit(
+                jax.vmap(train.make_train_step(graphdef, tx, method, self.loss_cfg)),
+                donate_argnums=0,
+            )
+            predict = jax.jit(jax.vmap(train.make_predict_fn(graphdef)))
+            self._cache[key] = (model_fn, tx, step, predict, method)
+        return self._cache[key]
+
+
+def _fit(programs, role, method_name, data, constants, key, writer, name, checkpoint_dir=None):
+    config = programs.config
+    part = config.teacher if role == TEACHER else config.student
+    model_fn, tx, step, predict, method = programs.get(role, method_name)
+    keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(config.num_seeds))
+    _, state = train.init_population(model_fn, tx, keys, constants)
+    arrays = {"x": data["x_train"], "y": data["y_train"]}
+    if "teacher" in data:
+        arrays["teacher"] = data["teacher"]
+    eval_fn = None
+    if role == TEACHER:
+        x_val, y_val = jnp.asarray(data["x_val"]), jnp.asarray(data["y_val"])
+
+        def eval_fn(state):
+            heads = predict(state, x_val)
+            per_example = jax.vmap(lambda h, y: method.loss(h, {"y": y}, {}, programs.loss_cfg)[0])(
+                heads, y_val
+            )
+            return jnp.mean(per_example, axis=-1)
+
+    result = train.fit(
+        state,
+        step,
+        lambda start: input_pipeline.batches(
+            arrays,
+            batch_size=part.batch_size,
+            seed=config.seed,
+            start_step=start,
+            population=config.num_seeds,
+        ),
+        num_steps=part.num_steps,
+        eval_fn=eval_fn,
+        eval_every=part.get("eval_every", part.num_steps),
+        patience=part.get("patience"),
+        writer=writer,
+        checkpoint_dir=checkpoint_dir,
+        log_every=max(1, part.num_steps // 10),
+        name=name,
+    )
+    return result, predict
+
+
+def _rows(method, head, kind, level, config, pred, target, extra=None):
+    metrics = train.regression_metrics(pred, target)
+    rows = []
+    for s in range(config.num_seeds):
+        row = {
+            "method": method,
+            "head": head,
+            "noise": kind,
+            "level": float(level),
+            "seed": config.seed + s,
+            "rmse": float(metrics["rmse"][s]),
+            "mae": float(metrics["mae"][s]),
+        }
+        row.update(extra[s] if extra else {})
+        rows.append(row)
+    return rows
+
+
+def run_cell(config, loss_cfg, programs, kind, level, workdir, writer):
+    """Teacher, store, and every student for one (noise model, level); returns rows, fits."""
+    cell = f"{kind}_{level:g}"
+    t0 = time.time()
+    data = _cell_data(config, kind, level)
+    root = jax.random.key(config.seed)
+
+    teacher_result, teacher_predict = _fit(
+        programs,
+        TEACHER,
+        config.teacher.method,
+        data,
+        None,
+        jax.random.fold_in(root, 1),
+        writer,
+        f"{cell}/teacher",
+        checkpoint_dir=os.path.join(workdir, "checkpoints", cell, "teacher"),
+    )
+    teacher_state = teacher_result.state
+    t_train = train.predict(teacher_predict, teacher_state, data["x_train"], population=True)
+    store_dir = os.path.join(workdir, "teacher_store", cell)
+    fingerprint = {
+        "dataset": config.dataset.to_dict(),
+        "noise": {"kind": kind, "level": level},
+        "seeds": [config.seed, config.num_seeds],
+        "split": "train",
+        "teacher": config.teacher.to_dict(),
+        "teacher_params_sha256": _params_digest(teacher_state.params),
+    }
+    teacher_store.write(store_dir, t_train["main"], fingerprint)
+    data["teacher"] = teacher_store.read(store_dir, fingerprint)
+    t_teacher = time.time() - t0
+
+    t_test = train.predict(teacher_predict, teacher_state, data["x_test"], population=True)
+    rows = _rows(TEACHER, models.MAIN_HEAD, kind, level, config, t_test["main"], data["y_test"])
+    constants = jax.vmap(lambda y, t: train.loss_constants(y, t, loss_cfg))(
+        jnp.asarray(data["y_train"]), jnp.asarray(data["teacher"])
+    )
+    rejected = np.asarray(
+        jax.vmap(lambda y, t, d: losses.outlier_mask(y, t, threshold=d))(
+            data["y_train"], data["teacher"], constants["threshold"]
+        )
+    )
+    detection = [
+        noise.detection_scores(rejected[s], data["corrupted"][s]) for s in range(config.num_seeds)
+    ]
+
+    fits = None
+    if kind == config.fits_noise and np.isclose(level, config.fits_level):
+        grid = np.linspace(-1, 1, FIT_GRID, dtype=np.float32)[:, None]
+        grid_p = np.broadcast_to(grid, (config.num_seeds, *grid.shape))
+        fits = {
+            "noise": kind,
+            "level": level,
+            "grid": grid[:, 0],
+            "x_train": data["x_train"][0, :, 0],
+            "y_train": data["y_train"][0, :, 0],
+            "corrupted": data["corrupted"][0],
+            "clean": sinusoid.function(
+                grid[:, 0], amplitude=config.dataset.amplitude, frequency=config.dataset.frequency
+            ),
+            TEACHER: train.predict(teacher_predict, teacher_state, grid_p, population=True)["main"][
+                0, :, 0
+            ],
+        }
+
+    student_key = jax.random.fold_in(root, 2)  # the same initialisation for every method
+    for name in config.methods:
+        t1 = time.time()
+        method = get_method(name)
+        result, predict = _fit(
+            programs, "student", name, data, constants, student_key, writer, f"{cell}/{name}"
+        )
+        heads = train.predict(predict, result.state, data["x_test"], population=True)
+        extra = detection if name in ("tor", "tor_multitask") else None
+        for head, pred in heads.items():
+            rows += _rows(name, head, kind, level, config, pred, data["y_test"], extra)
+        if fits is not None and name in ("scratch_l2", "tor_multitask"):
+            grid_heads = train.predict(predict, result.state, grid_p, population=True)
+            head = config.inference_head if method.two_heads else models.MAIN_HEAD
+            fits[name] = grid_heads[head][0, :, 0]
+        logging.info("%s/%s: %.1fs", cell, name, time.time() - t1)
+    logging.info("cell %s: teacher %.1fs, total %.1fs", cell, t_teacher, time.time() - t0)
+    return rows, fits
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+    """Runs the whole sweep and writes results.jsonl, summary.md and the figures."""
+    loss_cfg = validate(config)
+    os.makedirs(workdir, exist_ok=True)
+    _atomic_write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    writer = train.make_writer(os.path.join(workdir, "logs"))
+    programs = _Programs(config, loss_cfg)
+    rows: list[dict] = []
+    fits = None
+    t0 = time.time()
+    for kind in config.noise:
+        for level in config.noise[kind]:
+            cell_rows, cell_fits = run_cell(
+                config, loss_cfg, programs, kind, float(level), workdir, writer
+            )
+            rows += cell_rows
+            fits = cell_fits or fits
+            _atomic_write_text(
+                os.path.join(workdir, "results.jsonl"),
+                "".join(json.dumps(r) + "\n" for r in rows),
+            )
+    elapsed = time.time() - t0
+    writer.close()
+    report.write_all(rows, fits, workdir, config=config, elapsed_s=elapsed)
+    print(f"sweep finished in {elapsed:.1f}s; results in {workdir}", flush=True)
+    return rows

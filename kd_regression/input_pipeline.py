@@ -1,0 +1,75 @@
+"""Batches from in-memory arrays, a pure function of (seed, step).
+
+The batch at step ``i`` depends only on the seed and ``i``: each epoch is a fresh
+permutation drawn from ``(seed, epoch)``, so a run resumed at step ``i`` sees exactly the
+batches an uninterrupted run would, and a population (one member per seed) gets one
+independent shuffle per member. Arrays are joined by row, so teacher predictions stored by
+example index line up with their examples whatever the shuffle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+
+def _permutation(seed: int, member: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, member, epoch]).permutation(n)
+
+
+def batch_indices(n: int, *, batch_size: int, seed: int, step: int, member: int = 0) -> np.ndarray:
+    """Row indices ``[batch_size]`` of the batch at ``step`` (0-based) for one member.
+
+    An epoch is ``n // batch_size`` batches without replacement; the last ``n % batch_size``
+    rows of each epoch's permutation wait for a later epoch (every batch has the same shape,
+    so the train step compiles once).
+    """
+    if not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size={batch_size} must be in [1, n={n}] (the split size)")
+    per_epoch = n // batch_size
+    epoch, pos = divmod(step, per_epoch)
+    perm = _permutation(seed, member, epoch, n)
+    return perm[pos * batch_size : (pos + 1) * batch_size]
+
+
+def batches(
+    arrays: Mapping[str, np.ndarray],
+    *,
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    population: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Endless batches from ``start_step`` on: a dict of the same keys, rows gathered.
+
+    Args:
+      arrays: equal-length arrays ``[n, ...]``, or with ``population`` ``[P, n, ...]``.
+      population: number of members ``P``; each member gets its own shuffle.
+    """
+    axis = 0 if population is None else 1
+    sizes = {k: v.shape[axis] if v.ndim > axis else None for k, v in arrays.items()}
+    if len(set(sizes.values())) != 1 or None in sizes.values():
+        raise ValueError(f"arrays must share their example axis {axis}; got sizes {sizes}")
+    if population is not None:
+        bad = {k: v.shape for k, v in arrays.items() if v.shape[0] != population}
+        if bad:
+            raise ValueError(f"population={population} but arrays have leading axes {bad}")
+    n = next(iter(sizes.values()))
+    batch_indices(n, batch_size=batch_size, seed=seed, step=0)  # validates batch_size
+    per_epoch = n // batch_size
+    members = range(population or 1)
+    perms: dict[int, np.ndarray] = {}  # this epoch's permutation per member
+    epoch = None
+    step = start_step
+    while True:
+        new_epoch, pos = divmod(step, per_epoch)
+        if new_epoch != epoch:
+            epoch = new_epoch
+            perms = {m: _permutation(seed, m, epoch, n) for m in members}
+        idx = {m: perms[m][pos * batch_size : (pos + 1) * batch_size] for m in members}
+        if population is None:
+            yield {k: v[idx[0]] for k, v in arrays.items()}
+        else:
+            yield {k: np.stack([v[m, idx[m]] for m in members]) for k, v in arrays.items()}
+        step += 1

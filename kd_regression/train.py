@@ -1,0 +1,401 @@
+"""Train state, pure train/eval steps, the fit loop with early stopping, checkpoints, metrics.
+
+The model is split once (``nnx.split``) into a static graph and pytrees; everything that
+changes during training lives in :class:`TrainState`, a plain pytree. So one train step
+jits as is, ``jax.vmap`` batches it over a leading population axis (one student per seed,
+in one compiled program), and a later issue can shard it. Teacher parameters never enter a
+student's state: the student's batch carries the teacher's stored predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import nnx, struct
+
+from kd_regression.methods import METHODS, LossConfig, Method, get_method, loss_constants
+from kd_regression.models import Heads
+
+__all__ = [
+    "METHODS",
+    "FitResult",
+    "LossConfig",
+    "TrainState",
+    "fit",
+    "get_method",
+    "init_population",
+    "init_state",
+    "loss_constants",
+    "make_predict_fn",
+    "make_train_step",
+    "make_writer",
+    "predict",
+    "regression_metrics",
+]
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+ModelFn = Callable[..., nnx.Module]  # called as model_fn(rngs=nnx.Rngs(key))
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything a train step reads and writes; a pytree (vmap- and checkpoint-able).
+
+    ``constants`` holds per-dataset loss constants (TOR's δ, AIL's η): arrays, so each
+    member of a vmapped population can have its own, and never optimised.
+    """
+
+    step: jax.Array
+    params: nnx.State
+    model_state: nnx.State  # non-parameter variables (e.g. batch statistics)
+    opt_state: optax.OptState
+    rng: jax.Array
+    constants: dict[str, jax.Array]
+
+
+def init_state(
+    model_fn: ModelFn,
+    tx: optax.GradientTransformation,
+    key: jax.Array,
+    constants: Mapping[str, jax.Array] | None = None,
+) -> tuple[nnx.GraphDef, TrainState]:
+    """Builds the model from ``key`` and returns its static graph and a fresh state."""
+    init_key, state_key = jax.random.split(key)
+    graphdef, params, model_state = nnx.split(model_fn(rngs=nnx.Rngs(init_key)), nnx.Param, ...)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=tx.init(params),
+        rng=state_key,
+        constants=_own_constants(constants),
+    )
+    return graphdef, state
+
+
+def init_population(
+    model_fn: ModelFn,
+    tx: optax.GradientTransformation,
+    keys: jax.Array,
+    constants: Mapping[str, jax.Array] | None = None,
+) -> tuple[nnx.GraphDef, TrainState]:
+    """One state per key (``keys: [P]``), stacked on a leading axis; constants ``[P]``."""
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: model_fn(rngs=nnx.Rngs(0))))
+    states = jax.vmap(lambda k: init_state(model_fn, tx, k)[1])(keys)
+    return graphdef, states.replace(constants=_own_constants(constants))
+
+
+def _own_constants(constants: Mapping[str, jax.Array] | None) -> dict[str, jax.Array]:
+    # Copies: the train step donates the state, which must not free the caller's arrays.
+    return {k: jnp.array(v, jnp.float32, copy=True) for k, v in (constants or {}).items()}
+
+
+def _tree_where(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    method: Method | str,
+    loss_config: LossConfig | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """A pure ``(state, batch) -> (state, metrics)`` step, not yet jitted.
+
+    The per-step key is ``fold_in(state.rng, state.step)``, so a resumed run draws the same
+    dropout masks. A step whose loss or gradient is not finite leaves parameters and
+    optimiser state untouched and reports ``finite = False``; :func:`fit` stops on it.
+    """
+    method = get_method(method) if isinstance(method, str) else method
+    cfg = loss_config or LossConfig()
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        step_rng = jax.random.fold_in(state.rng, state.step)
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state.model_state)
+            heads = model(batch["x"], deterministic=False, rngs=nnx.Rngs(dropout=step_rng))
+            per_example, aux = method.loss(heads, batch, state.constants, cfg)
+            return jnp.mean(per_example), (aux, nnx.state(model, nnx.Not(nnx.Param)))
+
+        (loss, (aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=_tree_where(finite, params, state.params),
+            opt_state=_tree_where(finite, opt_state, state.opt_state),
+            model_state=_tree_where(finite, model_state, state.model_state),
+        )
+        return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite, **aux}
+
+    return train_step
+
+
+def make_predict_fn(graphdef: nnx.GraphDef) -> Callable[[TrainState, jax.Array], Heads]:
+    """A pure ``(state, x) -> heads`` function in inference mode (no dropout)."""
+
+    def predict_fn(state: TrainState, x: jax.Array) -> Heads:
+        return nnx.merge(graphdef, state.params, state.model_state)(x, deterministic=True)
+
+    return predict_fn
+
+
+def predict(
+    predict_fn: Callable[[TrainState, jax.Array], Heads],
+    state: TrainState,
+    x: np.ndarray | jax.Array,
+    *,
+    batch_size: int = 4096,
+    population: bool = False,
+) -> dict[str, np.ndarray]:
+    """Heads over a whole split, batched; ``predict_fn`` should be jitted (and vmapped).
+
+    With ``population``, ``x`` has a leading population axis ``[P, n, ...]`` and the result
+    ``[P, n, d]``; otherwise ``x`` is ``[n, ...]``.
+    """
+    axis = 1 if population else 0
+    n = x.shape[axis]
+    chunks = []
+    for start in range(0, n, batch_size):
+        xb = x[:, start : start + batch_size] if population else x[start : start + batch_size]
+        chunks.append(jax.device_get(predict_fn(state, jnp.asarray(xb))))
+    return {k: np.concatenate([c[k] for c in chunks], axis=axis) for k in chunks[0]}
+
+
+def regression_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
+    """RMSE and MAE over examples and output dimensions (last two axes) of ``[..., n, d]``."""
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {pred.shape} and target {target.shape} differ in shape")
+    err = np.asarray(pred, np.float64) - np.asarray(target, np.float64)
+    return {
+        "rmse": np.sqrt(np.mean(err**2, axis=(-2, -1))),
+        "mae": np.mean(np.abs(err), axis=(-2, -1)),
+    }
+
+
+class _JsonlWriter:
+    """A CLU-style metric writer appending one JSON line per ``write_scalars`` call."""
+
+    def __init__(self, path: str):
+        self._file = open(path, "a", encoding="utf-8")  # closed by close()
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+        row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+        self._file.write(json.dumps(row) + "\n")
+
+    def write_hparams(self, hparams: Mapping[str, Any]):
+        self._file.write(json.dumps({"hparams": {k: str(v) for k, v in hparams.items()}}) + "\n")
+
+    def write_summaries(self, step, values, metadata=None):  # not used by this library
+        pass
+
+    def write_images(self, step, images):
+        pass
+
+    def write_videos(self, step, videos):
+        pass
+
+    def write_audios(self, step, audios, *, sample_rate):
+        pass
+
+    def write_texts(self, step, texts):
+        pass
+
+    def write_histograms(self, step, arrays, num_buckets=None):
+        pass
+
+    def write_pointcloud(self, step, point_clouds, *, point_colors=None, configs=None):
+        pass
+
+    def flush(self):
+        self._file.flush()
+
+    def close(self):
+        self._file.close()
+
+
+def make_writer(logdir: str | None):
+    """CLU metric writers: a readable log, TensorBoard events and ``metrics.jsonl`` in logdir.
+
+    Only process 0 writes files; other processes only log.
+    """
+    # Imported here: clu.metric_writers imports TensorFlow (for its summary writer), which
+    # costs seconds and is not needed by the rest of the library.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    from clu import metric_writers
+
+    if logdir is None or jax.process_index() > 0:
+        return metric_writers.create_default_writer(just_logging=True, asynchronous=False)
+    os.makedirs(logdir, exist_ok=True)
+    default = metric_writers.create_default_writer(logdir, asynchronous=False)
+    return metric_writers.MultiWriter(
+        [default, _JsonlWriter(os.path.join(logdir, "metrics.jsonl"))]
+    )
+
+
+class FitResult(NamedTuple):
+    state: TrainState  # the best state by validation loss (the last one without eval_fn)
+    last_state: TrainState
+    best_val: np.ndarray | None  # best validation loss, per population member
+    best_step: np.ndarray | None
+    steps_run: int
+
+
+def _summarise(metrics: list[Metrics], first_step: int) -> dict[str, float]:
+    """Host copy of a window of per-step metrics; raises on the first non-finite step."""
+    host = jax.device_get(metrics)
+    for i, m in enumerate(host):
+        finite = np.asarray(m["finite"])
+        if not finite.all():
+            members = np.flatnonzero(~finite.reshape(-1)).tolist()
+            raise FloatingPointError(
+                f"non-finite loss or gradient at step {first_step + i} "
+                f"(population members {members}; loss={np.asarray(m['loss']).tolist()}); "
+                "parameters were left at their last finite values"
+            )
+    keys = [k for k in host[0] if k != "finite"]
+    return {k: float(np.mean([np.mean(m[k]) for m in host])) for k in keys}
+
+
+def fit(
+    state: TrainState,
+    train_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]],
+    batches: Callable[[int], Iterator[Batch]],
+    *,
+    num_steps: int,
+    eval_fn: Callable[[TrainState], jax.Array] | None = None,
+    eval_every: int = 100,
+    patience: int | None = None,
+    writer=None,
+    checkpoint_dir: str | None = None,
+    log_every: int = 100,
+    name: str = "train",
+) -> FitResult:
+    """Runs ``train_step`` for ``num_steps``, keeping the state with the best validation loss.
+
+    Args:
+      state: initial state, optionally with a leading population axis.
+      train_step: jitted (and for a population vmapped) step from :func:`make_train_step`.
+      batches: ``batches(start_step)`` yields the batches from ``start_step`` on, so a run
+        restored from a checkpoint continues on the same data.
+      eval_fn: ``state -> validation loss`` (scalar, or ``[P]`` for a population); without
+        it there is no early stopping and the last state is returned.
+      patience: stop after this many evaluations without improvement of every member
+        (``None``: run all steps; the best state is still returned).
+      checkpoint_dir: orbax checkpoints of (state, best state) at every evaluation; a run
+        with an existing checkpoint there resumes from it.
+    """
+    if num_steps < 1 or eval_every < 1 or log_every < 1:
+        raise ValueError(
+            f"num_steps, eval_every, log_every must be >= 1, got "
+            f"{num_steps}, {eval_every}, {log_every}"
+        )
+    from clu import periodic_actions
+
+    best = None  # never an alias of `state`, whose buffers the train step donates
+    best_val = best_step = None
+    since_best = 0
+    manager = None
+    start = int(np.max(jax.device_get(state.step)))
+    if checkpoint_dir is not None:
+        manager = ocp.CheckpointManager(
+            os.path.abspath(checkpoint_dir), options=ocp.CheckpointManagerOptions(max_to_keep=1)
+        )
+        if manager.latest_step() is not None:
+            template = {"state": state, "best": state, "aux": _aux_template(state, eval_fn)}
+            restored = manager.restore(
+                manager.latest_step(), args=ocp.args.StandardRestore(template)
+            )
+            state, best = restored["state"], restored["best"]
+            if eval_fn is not None:
+                best_val = np.asarray(restored["aux"]["best_val"])
+                best_step = np.asarray(restored["aux"]["best_step"])
+                since_best = int(restored["aux"]["since_best"])
+            start = int(manager.latest_step())
+            logging.info("%s: resumed from checkpoint at step %d", name, start)
+
+    progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+    window: list[Metrics] = []
+    step = start
+    t0 = time.time()
+    for step, batch in zip(range(start + 1, num_steps + 1), batches(start), strict=False):
+        state, metrics = train_step(state, batch)
+        window.append(metrics)
+        if step % log_every == 0 or step == num_steps:
+            scalars = _summarise(window, step - len(window) + 1)
+            window = []
+            if writer is not None:
+                writer.write_scalars(step, {f"{name}/{k}": v for k, v in scalars.items()})
+            progress(step, time.time())
+        if eval_fn is not None and (step % eval_every == 0 or step == num_steps):
+            if window:
+                _summarise(window, step - len(window) + 1)
+                window = []
+            val = np.asarray(jax.device_get(eval_fn(state)), np.float64)
+            if best_val is None:
+                best_val, best_step = np.full_like(val, np.inf), np.zeros(val.shape, np.int64)
+            improved = val < best_val
+            best = _select_members(improved, state, state if best is None else best)
+            best_val = np.where(improved, val, best_val)
+            best_step = np.where(improved, step, best_step)
+            since_best = 0 if improved.any() else since_best + 1
+            if writer is not None:
+                writer.write_scalars(step, {f"{name}/val_loss": float(np.mean(val))})
+            if manager is not None:
+                aux = {"best_val": best_val, "best_step": best_step, "since_best": since_best}
+                manager.save(
+                    step, args=ocp.args.StandardSave({"state": state, "best": best, "aux": aux})
+                )
+            if patience is not None and since_best >= patience:
+                logging.info("%s: early stop at step %d (best %s)", name, step, best_step)
+                break
+    if window:
+        _summarise(window, step - len(window) + 1)
+    if manager is not None:
+        manager.wait_until_finished()
+        manager.close()
+    if writer is not None:
+        writer.flush()
+    logging.info("%s: %d steps in %.1fs", name, step - start, time.time() - t0)
+    final = best if eval_fn is not None else state
+    return FitResult(final, state, best_val, best_step, step)
+
+
+def _select_members(mask: np.ndarray, new: Any, old: Any) -> Any:
+    """Per population member (leading axis, or a scalar mask): ``new`` where mask, else ``old``."""
+    mask = np.asarray(mask)
+
+    def select(a, b):
+        m = jnp.asarray(mask.reshape(mask.shape + (1,) * (a.ndim - mask.ndim)))
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            # jnp.where does not take typed keys; select on their raw data.
+            return jax.random.wrap_key_data(
+                jnp.where(m[..., None], jax.random.key_data(a), jax.random.key_data(b)),
+                impl=jax.random.key_impl(a),
+            )
+        return jnp.where(m, a, b)
+
+    return jax.tree.map(select, new, old)
+
+
+def _aux_template(state: TrainState, eval_fn) -> dict[str, Any]:
+    shape = state.step.shape
+    return {
+        "best_val": np.zeros(shape, np.float64),
+        "best_step": np.zeros(shape, np.int64),
+        "since_best": 0,
+    }
