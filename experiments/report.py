@@ -11,6 +11,7 @@ import tempfile
 import numpy as np
 
 TEACHER = "teacher"
+DETECTION = ("rejection_rate", "precision", "recall")
 
 
 def load_rows(path: str) -> list[dict]:
@@ -35,7 +36,7 @@ def aggregate(rows: list[dict], metric: str) -> dict[str, dict[tuple[str, float]
     """``{noise: {(label, level): (mean, se, n)}}`` over seeds."""
     groups = collections.defaultdict(list)
     for r in rows:
-        if metric in r:
+        if r.get(metric) is not None:
             groups[(r["noise"], _label(r["method"], r["head"]), r["level"])].append(r[metric])
     out: dict = collections.defaultdict(dict)
     for (kind, label, level), values in groups.items():
@@ -50,7 +51,7 @@ def _fmt(mean: float, se: float, digits: int = 3) -> str:
 
 
 def _table(cells: dict, labels: list[str], levels: list[float], *, mark_best: bool) -> list[str]:
-    lines = ["| method | " + " | ".join(f"{lv:g}" for lv in levels) + " |"]
+    lines = ["| | " + " | ".join(f"{lv:g}" for lv in levels) + " |"]
     lines.append("|---|" + "---|" * len(levels))
     best = {}
     if mark_best:
@@ -92,14 +93,19 @@ def summary_markdown(rows: list[dict], *, elapsed_s: float | None = None) -> str
         lines += [f"## Noise model: {kind} (columns: level)", ""]
         lines += _table(cells, labels, levels, mark_best=True)
         lines.append("")
-    for metric in ("rejection_rate", "precision", "recall"):
-        agg = aggregate(rows, metric)
-        for kind, cells in agg.items():
-            labels = list(dict.fromkeys(lb for lb, _ in cells))
-            levels = sorted({lv for _, lv in cells})
-            lines += [f"### TOR {metric} against the true corruption mask, {kind}", ""]
-            lines += _table(cells, labels[:1], levels, mark_best=False)
-            lines.append("")
+    detection = {m: aggregate([r for r in rows if r["method"] == "tor"], m) for m in DETECTION}
+    for kind in rmse:
+        if kind not in detection["rejection_rate"]:
+            continue
+        cells = {(m, lv): v for m in DETECTION for (_, lv), v in detection[m][kind].items()}
+        levels = sorted({lv for _, lv in cells})
+        lines += [
+            f"### TOR's rejection of training labels, {kind}: rate, and precision / recall "
+            "against the true corruption mask (n/a: nothing rejected or nothing corrupted)",
+            "",
+        ]
+        lines += _table(cells, list(DETECTION), levels, mark_best=False)
+        lines.append("")
     return "\n".join(lines)
 
 

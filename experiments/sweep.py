@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -111,6 +112,10 @@ def _cell_data(config, kind: str, level: float) -> dict[str, np.ndarray]:
     return {k: np.stack(v) for k, v in out.items()}
 
 
+def _digest(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def _params_digest(params) -> str:
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(jax.device_get(params)):
@@ -180,6 +185,7 @@ def _fit(programs, role, method_name, data, constants, key, writer, name, checkp
         patience=part.get("patience"),
         writer=writer,
         checkpoint_dir=checkpoint_dir,
+        checkpoint_every=part.checkpoint_every,
         log_every=max(1, part.num_steps // 10),
         name=name,
     )
@@ -199,7 +205,10 @@ def _rows(method, head, kind, level, config, pred, target, extra=None):
             "rmse": float(metrics["rmse"][s]),
             "mae": float(metrics["mae"][s]),
         }
-        row.update(extra[s] if extra else {})
+        # JSON has no NaN: an undefined score (e.g. precision with nothing rejected) is null.
+        row.update(
+            {k: None if math.isnan(v) else v for k, v in (extra[s] if extra else {}).items()}
+        )
         rows.append(row)
     return rows
 
@@ -211,6 +220,12 @@ def run_cell(config, loss_cfg, programs, kind, level, workdir, writer):
     data = _cell_data(config, kind, level)
     root = jax.random.key(config.seed)
 
+    spec = {
+        "dataset": config.dataset.to_dict(),
+        "noise": {"kind": kind, "level": level},
+        "seeds": [config.seed, config.num_seeds],
+        "teacher": config.teacher.to_dict(),
+    }
     teacher_result, teacher_predict = _fit(
         programs,
         TEACHER,
@@ -220,17 +235,15 @@ def run_cell(config, loss_cfg, programs, kind, level, workdir, writer):
         jax.random.fold_in(root, 1),
         writer,
         f"{cell}/teacher",
-        checkpoint_dir=os.path.join(workdir, "checkpoints", cell, "teacher"),
+        # Keyed by what determines the teacher, so a changed config never resumes from it.
+        checkpoint_dir=os.path.join(workdir, "checkpoints", cell, f"teacher-{_digest(spec)}"),
     )
     teacher_state = teacher_result.state
     t_train = train.predict(teacher_predict, teacher_state, data["x_train"], population=True)
     store_dir = os.path.join(workdir, "teacher_store", cell)
     fingerprint = {
-        "dataset": config.dataset.to_dict(),
-        "noise": {"kind": kind, "level": level},
-        "seeds": [config.seed, config.num_seeds],
+        **spec,
         "split": "train",
-        "teacher": config.teacher.to_dict(),
         "teacher_params_sha256": _params_digest(teacher_state.params),
     }
     teacher_store.write(store_dir, t_train["main"], fingerprint)
@@ -274,8 +287,24 @@ def run_cell(config, loss_cfg, programs, kind, level, workdir, writer):
     for name in config.methods:
         t1 = time.time()
         method = get_method(name)
+        student_spec = {
+            "teacher_store": fingerprint,
+            "student": config.student.to_dict(),
+            "method": name,
+            "loss": config.loss.to_dict(),
+        }
         result, predict = _fit(
-            programs, "student", name, data, constants, student_key, writer, f"{cell}/{name}"
+            programs,
+            "student",
+            name,
+            data,
+            constants,
+            student_key,
+            writer,
+            f"{cell}/{name}",
+            checkpoint_dir=os.path.join(
+                workdir, "checkpoints", cell, f"{name}-{_digest(student_spec)}"
+            ),
         )
         heads = train.predict(predict, result.state, data["x_test"], population=True)
         extra = detection if name in ("tor", "tor_multitask") else None

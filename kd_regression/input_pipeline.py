@@ -46,6 +46,8 @@ def batches(
     Args:
       arrays: equal-length arrays ``[n, ...]``, or with ``population`` ``[P, n, ...]``.
       population: number of members ``P``; each member gets its own shuffle.
+
+    Bad arguments raise here, not at the first ``next``.
     """
     axis = 0 if population is None else 1
     sizes = {k: v.shape[axis] if v.ndim > axis else None for k, v in arrays.items()}
@@ -57,6 +59,10 @@ def batches(
             raise ValueError(f"population={population} but arrays have leading axes {bad}")
     n = next(iter(sizes.values()))
     batch_indices(n, batch_size=batch_size, seed=seed, step=0)  # validates batch_size
+    return _batches(arrays, n, batch_size, seed, start_step, population)
+
+
+def _batches(arrays, n, batch_size, seed, start_step, population):
     per_epoch = n // batch_size
     members = range(population or 1)
     perms: dict[int, np.ndarray] = {}  # this epoch's permutation per member

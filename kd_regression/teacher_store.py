@@ -45,7 +45,12 @@ def _atomic_write(path: str, write_fn) -> None:
 
 def _jsonable(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
     # A JSON round trip makes tuples lists etc., so the comparison on read is like for like.
-    return json.loads(json.dumps(dict(fingerprint), sort_keys=True, default=str))
+    return json.loads(json.dumps(dict(fingerprint), sort_keys=True, default=_json_default))
+
+
+def _json_default(obj: Any) -> Any:
+    # NumPy scalars and arrays compare equal to the Python numbers and lists they hold.
+    return obj.tolist() if hasattr(obj, "tolist") else str(obj)
 
 
 def write(directory: str, predictions: np.ndarray, fingerprint: Mapping[str, Any]) -> None:

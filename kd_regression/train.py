@@ -129,7 +129,7 @@ def make_train_step(
             return jnp.mean(per_example), (aux, nnx.state(model, nnx.Not(nnx.Param)))
 
         (loss, (aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -282,6 +282,7 @@ def fit(
     patience: int | None = None,
     writer=None,
     checkpoint_dir: str | None = None,
+    checkpoint_every: int | None = None,
     log_every: int = 100,
     name: str = "train",
 ) -> FitResult:
@@ -296,19 +297,24 @@ def fit(
         it there is no early stopping and the last state is returned.
       patience: stop after this many evaluations without improvement of every member
         (``None``: run all steps; the best state is still returned).
-      checkpoint_dir: orbax checkpoints of (state, best state) at every evaluation; a run
-        with an existing checkpoint there resumes from it.
+      checkpoint_dir: orbax checkpoints of (state, best state, early-stopping record)
+        every ``checkpoint_every`` steps (default ``eval_every``), at the last step and at
+        an early stop; a run with a checkpoint there resumes from it (a finished or
+        early-stopped run returns at once).
     """
-    if num_steps < 1 or eval_every < 1 or log_every < 1:
-        raise ValueError(
-            f"num_steps, eval_every, log_every must be >= 1, got "
-            f"{num_steps}, {eval_every}, {log_every}"
-        )
-    from clu import periodic_actions
-
+    for arg, value in (
+        ("num_steps", num_steps),
+        ("eval_every", eval_every),
+        ("log_every", log_every),
+        ("checkpoint_every", checkpoint_every or 1),
+    ):
+        if value < 1:
+            raise ValueError(f"fit: {arg} must be >= 1, got {value}")
+    checkpoint_every = checkpoint_every or eval_every
     best = None  # never an alias of `state`, whose buffers the train step donates
     best_val = best_step = None
     since_best = 0
+    stopped = False
     manager = None
     start = int(np.max(jax.device_get(state.step)))
     if checkpoint_dir is not None:
@@ -316,7 +322,7 @@ def fit(
             os.path.abspath(checkpoint_dir), options=ocp.CheckpointManagerOptions(max_to_keep=1)
         )
         if manager.latest_step() is not None:
-            template = {"state": state, "best": state, "aux": _aux_template(state, eval_fn)}
+            template = {"state": state, "best": state, "aux": _aux_template(state)}
             restored = manager.restore(
                 manager.latest_step(), args=ocp.args.StandardRestore(template)
             )
@@ -325,14 +331,15 @@ def fit(
                 best_val = np.asarray(restored["aux"]["best_val"])
                 best_step = np.asarray(restored["aux"]["best_step"])
                 since_best = int(restored["aux"]["since_best"])
+            stopped = bool(restored["aux"]["stopped"])
             start = int(manager.latest_step())
             logging.info("%s: resumed from checkpoint at step %d", name, start)
 
-    progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
     window: list[Metrics] = []
     step = start
     t0 = time.time()
-    for step, batch in zip(range(start + 1, num_steps + 1), batches(start), strict=False):
+    steps = range(start + 1, num_steps + 1) if not stopped else range(0)
+    for step, batch in zip(steps, batches(start), strict=False):
         state, metrics = train_step(state, batch)
         window.append(metrics)
         if step % log_every == 0 or step == num_steps:
@@ -340,11 +347,19 @@ def fit(
             window = []
             if writer is not None:
                 writer.write_scalars(step, {f"{name}/{k}": v for k, v in scalars.items()})
-            progress(step, time.time())
+            rate = (step - start) / max(time.time() - t0, 1e-9)
+            logging.info(
+                "%s: step %d/%d, %.0f steps/s, ETA %.0fs, loss %.4g",
+                name,
+                step,
+                num_steps,
+                rate,
+                (num_steps - step) / rate,
+                scalars["loss"],
+            )
         if eval_fn is not None and (step % eval_every == 0 or step == num_steps):
-            if window:
+            if window:  # no evaluation of a state that went non-finite; keep it for the log
                 _summarise(window, step - len(window) + 1)
-                window = []
             val = np.asarray(jax.device_get(eval_fn(state)), np.float64)
             if best_val is None:
                 best_val, best_step = np.full_like(val, np.inf), np.zeros(val.shape, np.int64)
@@ -355,14 +370,21 @@ def fit(
             since_best = 0 if improved.any() else since_best + 1
             if writer is not None:
                 writer.write_scalars(step, {f"{name}/val_loss": float(np.mean(val))})
-            if manager is not None:
-                aux = {"best_val": best_val, "best_step": best_step, "since_best": since_best}
-                manager.save(
-                    step, args=ocp.args.StandardSave({"state": state, "best": best, "aux": aux})
-                )
-            if patience is not None and since_best >= patience:
-                logging.info("%s: early stop at step %d (best %s)", name, step, best_step)
-                break
+            stopped = patience is not None and since_best >= patience
+        if manager is not None and (step % checkpoint_every == 0 or step == num_steps or stopped):
+            aux = _aux_template(state)
+            aux.update(since_best=since_best, stopped=stopped)
+            if best_val is not None:
+                aux.update(best_val=best_val, best_step=best_step)
+            manager.save(
+                step,
+                args=ocp.args.StandardSave(
+                    {"state": state, "best": state if best is None else best, "aux": aux}
+                ),
+            )
+        if stopped:
+            logging.info("%s: early stop at step %d (best %s)", name, step, best_step)
+            break
     if window:
         _summarise(window, step - len(window) + 1)
     if manager is not None:
@@ -392,10 +414,12 @@ def _select_members(mask: np.ndarray, new: Any, old: Any) -> Any:
     return jax.tree.map(select, new, old)
 
 
-def _aux_template(state: TrainState, eval_fn) -> dict[str, Any]:
+def _aux_template(state: TrainState) -> dict[str, Any]:
+    """The early-stopping record saved beside the states (+inf: no evaluation yet)."""
     shape = state.step.shape
     return {
-        "best_val": np.zeros(shape, np.float64),
+        "best_val": np.full(shape, np.inf),
         "best_step": np.zeros(shape, np.int64),
         "since_best": 0,
+        "stopped": False,
     }

@@ -8,7 +8,8 @@ Quick variant for tests and laptops (well under a minute):
 
   python -m experiments.main --config experiments/configs/sinusoid.py:quick --workdir /tmp/q
 
-Any field can be overridden, e.g. ``--config.teacher.method=scratch_huber``.
+Any field can be overridden, e.g. ``--config.teacher.method=scratch_huber`` or
+``--config.noise.outliers='(0.2, 0.4)'``.
 Sizes, step counts, learning rates and the TOR threshold rule are our choices: the paper's
 text available to us does not give them.
 """
@@ -32,25 +33,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Label noise on the training and validation splits; the test split stays clean.
     config.noise = ml_collections.ConfigDict()
-    config.noise.outliers = [0.0, 0.1, 0.2, 0.3, 0.4]  # rate p
-    config.noise.gaussian = [0.0, 0.1, 0.2, 0.3, 0.5]  # σ
+    config.noise.outliers = (0.0, 0.1, 0.2, 0.3, 0.4)  # rate p
+    config.noise.gaussian = (0.0, 0.1, 0.2, 0.3, 0.5)  # σ
 
     config.teacher = ml_collections.ConfigDict()
     config.teacher.method = "scratch_l2"  # or scratch_huber / scratch_l1 (robust teacher)
-    config.teacher.hidden = [128, 128, 128]
+    config.teacher.hidden = (128, 128, 128)
     config.teacher.learning_rate = 3e-3
     config.teacher.batch_size = 128
     config.teacher.num_steps = 6000
     config.teacher.eval_every = 250
     config.teacher.patience = 6  # evaluations without improvement on the noisy val split
+    config.teacher.checkpoint_every = 1000  # orbax checkpoints; a rerun resumes from them
 
     config.student = ml_collections.ConfigDict()
-    config.student.hidden = [16, 16]
+    config.student.hidden = (16, 16)
     config.student.learning_rate = 3e-3
     config.student.batch_size = 128
     config.student.num_steps = 4000
+    config.student.checkpoint_every = 4000  # at the end: a rerun skips finished students
 
-    config.methods = [
+    # Tuples, not lists: ml_collections can override tuples from the command line.
+    config.methods = (
         "scratch_l2",
         "scratch_l1",
         "scratch_huber",
@@ -60,7 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "ail",
         "tor",
         "tor_multitask",
-    ]
+    )
     # losses.LossConfig fields; threshold rule for TOR: median + k·MAD of the residuals.
     config.loss = ml_collections.ConfigDict()
     config.loss.threshold_method = "mad"
@@ -80,13 +84,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.dataset.train_size = 400
         config.dataset.validation_size = 100
         config.dataset.test_size = 400
-        config.noise.outliers = [0.0, 0.3]
-        config.noise.gaussian = [0.2]
-        config.teacher.hidden = [32, 32]
+        config.noise.outliers = (0.0, 0.3)
+        config.noise.gaussian = (0.2,)
+        config.teacher.hidden = (32, 32)
         config.teacher.num_steps = 300
         config.teacher.eval_every = 100
-        config.student.hidden = [8]
+        config.teacher.checkpoint_every = 100
+        config.student.hidden = (8,)
         config.student.num_steps = 200
+        config.student.checkpoint_every = 200
         config.fits_level = 0.3
     elif arg not in (None, ""):
         raise ValueError(f"unknown config argument {arg!r}; use '' or 'quick'")

@@ -1,0 +1,128 @@
+"""End-to-end: the sinusoid sweep's :quick config, in process and through the CLI."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import report, sweep
+from experiments.configs import sinusoid as sinusoid_config
+from kd_regression.datasets import sinusoid
+from kd_regression.methods import METHODS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REQUIRED = {"method", "head", "noise", "level", "seed", "rmse", "mae"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("quick"))
+    config = sinusoid_config.get_config("quick")
+    rows = sweep.run(config, workdir)
+    return config, workdir, rows
+
+
+def test_writes_every_artifact(quick_run):
+    _, workdir, _ = quick_run
+    for name in ("results.jsonl", "summary.md", "noise_sweep.png", "fits.png", "config.json"):
+        path = os.path.join(workdir, name)
+        assert os.path.getsize(path) > 0, name
+    events = [f for f in os.listdir(os.path.join(workdir, "logs")) if "tfevents" in f]
+    assert events
+    leftovers = [f for f in os.listdir(workdir) if ".tmp" in f]
+    assert not leftovers
+
+
+def test_results_schema_and_coverage(quick_run):
+    config, workdir, rows = quick_run
+    assert report.load_rows(os.path.join(workdir, "results.jsonl")) == rows
+    for row in rows:
+        assert REQUIRED <= set(row), row
+        assert math.isfinite(row["rmse"]) and math.isfinite(row["mae"]), row
+        assert 0 <= row["mae"] <= row["rmse"] + 1e-12, row  # MAE <= RMSE always
+    cells = {(k, float(lv)) for k in config.noise for lv in config.noise[k]}
+    seeds = {config.seed + s for s in range(config.num_seeds)}
+    expected = set()
+    for kind, level in cells:
+        for seed in seeds:
+            expected.add(("teacher", "main", kind, level, seed))
+            for name in config.methods:
+                heads = ("label", "teacher") if METHODS[name].two_heads else ("main",)
+                expected |= {(name, h, kind, level, seed) for h in heads}
+    got = [(r["method"], r["head"], r["noise"], r["level"], r["seed"]) for r in rows]
+    assert len(got) == len(set(got)), "duplicate rows"
+    assert set(got) == expected
+    for row in rows:
+        has_detection = row["method"] in ("tor", "tor_multitask")
+        assert ("recall" in row) == has_detection, row
+        if has_detection:
+            assert 0 <= row["rejection_rate"] <= 1
+
+
+def test_teacher_beats_a_constant_predictor_on_clean_labels(quick_run):
+    config, _, rows = quick_run
+    test_y = sinusoid.load("test", size=config.dataset.test_size, seed=config.seed).y
+    constant_rmse = float(np.std(test_y))  # the best constant predicts the mean
+    clean = [r for r in rows if r["method"] == "teacher" and r["level"] == 0.0]
+    assert clean
+    for row in clean:
+        assert row["rmse"] < 0.8 * constant_rmse, row
+
+
+def test_summary_has_a_table_per_noise_model(quick_run):
+    config, workdir, _ = quick_run
+    with open(os.path.join(workdir, "summary.md"), encoding="utf-8") as f:
+        text = f.read()
+    for kind in config.noise:
+        assert f"Noise model: {kind}" in text
+    assert "**" in text  # best per column marked
+    assert "tor_multitask (label head)" in text
+
+
+def test_same_config_same_numbers(quick_run, tmp_path):
+    config, _, rows = quick_run
+    config = sinusoid_config.get_config("quick")
+    config.noise = {"outliers": [0.3]}
+    config.methods = ["tor_multitask"]
+    again = sweep.run(config, str(tmp_path))
+    subset = [
+        r
+        for r in rows
+        if r["noise"] == "outliers"
+        and r["level"] == 0.3
+        and r["method"] in ("teacher", "tor_multitask")
+    ]
+    assert again == subset
+
+
+def test_cli_overrides_and_config_errors(tmp_path):
+    workdir = tmp_path / "cli"
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.main",
+        "--config",
+        "experiments/configs/sinusoid.py:quick",
+        "--workdir",
+        str(workdir),
+        "--config.methods=('scratch_l2',)",
+        "--config.noise.gaussian=(0.1,)",
+        "--config.noise.outliers=(0.0,)",
+        "--config.fits_level=0.0",
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["methods"] == ["scratch_l2"]
+    methods = {r["method"] for r in report.load_rows(str(workdir / "results.jsonl"))}
+    assert methods == {"teacher", "scratch_l2"}
+
+    bad = [*cmd[:5], "--workdir", str(tmp_path / "bad"), "--config.methods=('no_such_method',)"]
+    done = subprocess.run(bad, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "no_such_method" in done.stderr and "tor_multitask" in done.stderr
+    assert not (tmp_path / "bad").exists()  # refused before any work

@@ -1,0 +1,111 @@
+"""Tests for kd_regression.input_pipeline: batches as a pure function of (seed, step)."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from kd_regression import input_pipeline
+
+N, BS = 10, 3  # 3 batches per epoch; row N % BS waits for a later epoch
+
+
+def _arrays(n=N, population=None):
+    x = np.arange(n, dtype=np.float32)[:, None]
+    arrays = {"x": x, "y": 10 * x, "index": np.arange(n)}
+    if population is not None:
+        # Member m's rows are offset by 1000 m, so a row from another member is visible.
+        arrays = {k: np.stack([v + 1000 * m for m in range(population)]) for k, v in arrays.items()}
+    return arrays
+
+
+def _take(it, k):
+    return list(itertools.islice(it, k))
+
+
+def _indices(step, *, n=N, seed=0, member=0):
+    return input_pipeline.batch_indices(n, batch_size=BS, seed=seed, step=step, member=member)
+
+
+def test_batch_indices_deterministic_and_epochs_cover_distinct_rows():
+    steps = [_indices(s) for s in range(9)]
+    for s, idx in enumerate(steps):
+        assert idx.shape == (BS,) and np.issubdtype(idx.dtype, np.integer)
+        np.testing.assert_array_equal(idx, _indices(s))
+    epochs = [np.concatenate(steps[e * 3 : e * 3 + 3]) for e in range(3)]
+    for rows in epochs:
+        assert len(set(rows.tolist())) == 3 * BS and rows.min() >= 0 and rows.max() < N
+    assert not np.array_equal(epochs[0], epochs[1])  # a fresh permutation per epoch
+
+
+@pytest.mark.parametrize("other", [{"seed": 1}, {"member": 1}])
+def test_batch_indices_differ_across_seeds_and_members(other):
+    first = np.concatenate([_indices(s, n=100) for s in range(30)])
+    second = np.concatenate([_indices(s, n=100, **other) for s in range(30)])
+    assert not np.array_equal(first, second)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, N + 1])
+def test_bad_batch_size_raises(batch_size):
+    with pytest.raises(ValueError, match="batch_size"):
+        input_pipeline.batch_indices(N, batch_size=batch_size, seed=0, step=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        next(input_pipeline.batches(_arrays(), batch_size=batch_size, seed=0))
+
+
+def test_batches_gather_rows_by_batch_indices():
+    arrays = _arrays()
+    for step, batch in enumerate(_take(input_pipeline.batches(arrays, batch_size=BS, seed=4), 7)):
+        idx = input_pipeline.batch_indices(N, batch_size=BS, seed=4, step=step)
+        assert set(batch) == set(arrays)
+        for k, v in arrays.items():
+            np.testing.assert_array_equal(batch[k], v[idx])
+        np.testing.assert_array_equal(batch["y"], 10 * batch["x"])  # rows stay joined
+
+
+@pytest.mark.parametrize("population", [None, 2])
+@pytest.mark.parametrize("start", [1, 3, 5, 7])
+def test_start_step_equals_skipping(start, population):
+    arrays = _arrays(population=population)
+
+    def run(start_step):
+        return input_pipeline.batches(
+            arrays, batch_size=BS, seed=2, start_step=start_step, population=population
+        )
+
+    skipped = _take(run(0), start + 6)[start:]
+    for a, b in zip(skipped, _take(run(start), 6), strict=True):
+        for k in arrays:
+            np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_population_batches_stack_members():
+    p = 3
+    arrays = _arrays(population=p)
+    got = _take(input_pipeline.batches(arrays, batch_size=BS, seed=1, population=p), 4)
+    single = _take(input_pipeline.batches(_arrays(), batch_size=BS, seed=1), 4)
+    for step, batch in enumerate(got):
+        for k, v in arrays.items():
+            assert batch[k].shape == (p, BS, *v.shape[2:])
+            for m in range(p):
+                idx = input_pipeline.batch_indices(N, batch_size=BS, seed=1, step=step, member=m)
+                np.testing.assert_array_equal(batch[k][m], v[m, idx])
+        np.testing.assert_array_equal(batch["x"][0], single[step]["x"])  # member 0 = no population
+    orders = np.stack([np.concatenate([b["index"][m] % 1000 for b in got]) for m in range(p)])
+    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
+
+
+@pytest.mark.parametrize(
+    "arrays, population",
+    [
+        ({"x": np.zeros((10, 1)), "y": np.zeros((9, 1))}, None),
+        ({"x": np.zeros((2, 10, 1)), "y": np.zeros((2, 9, 1))}, 2),
+        ({"x": np.zeros((2, 10, 1)), "y": np.zeros((3, 10, 1))}, 2),
+        ({"x": np.zeros((3, 10, 1)), "y": np.zeros((3, 10, 1))}, 2),
+        ({"x": np.zeros((2, 10, 1)), "c": np.zeros(2)}, 2),
+    ],
+    ids=["length", "population_length", "population_axes", "population_size", "no_example_axis"],
+)
+def test_mismatched_arrays_raise(arrays, population):
+    with pytest.raises(ValueError):
+        next(input_pipeline.batches(arrays, batch_size=2, seed=0, population=population))

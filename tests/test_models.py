@@ -1,0 +1,116 @@
+"""Tests for kd_regression.models: head names and shapes, validation, dropout, counts."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from kd_regression import models
+
+X = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+
+# Independent NumPy references for the activations (gelu: the tanh approximation, which
+# is what jax.nn.gelu computes by default).
+NP_ACTIVATIONS = {
+    "relu": lambda v: np.maximum(v, 0.0),
+    "tanh": np.tanh,
+    "silu": lambda v: v / (1.0 + np.exp(-v)),
+    "gelu": lambda v: 0.5 * v * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (v + 0.044715 * v**3))),
+}
+
+
+def _np_linear(layer, h):
+    return h @ np.float64(layer.kernel[...]) + np.float64(layer.bias[...])
+
+
+@pytest.mark.parametrize("out", [1, 3])
+@pytest.mark.parametrize("two_heads", [False, True])
+def test_heads_and_shapes(two_heads, out):
+    model = models.mlp(3, [8, 4], out, two_heads=two_heads, rngs=nnx.Rngs(0))
+    heads = model(X)
+    assert set(heads) == ({"label", "teacher"} if two_heads else {"main"})
+    for h in heads.values():
+        assert h.shape == (len(X), out) and h.dtype == np.float32
+    if two_heads:
+        assert not np.allclose(heads["label"], heads["teacher"])  # two independent heads
+
+
+def test_head_name_constants():
+    assert (models.MAIN_HEAD, models.LABEL_HEAD, models.TEACHER_HEAD) == (
+        "main",
+        "label",
+        "teacher",
+    )
+
+
+@pytest.mark.parametrize("activation", sorted(NP_ACTIVATIONS))
+@pytest.mark.parametrize("two_heads", [False, True])
+def test_forward_matches_numpy(activation, two_heads):
+    assert set(NP_ACTIVATIONS) == set(models.ACTIVATIONS)
+    model = models.mlp(3, [6, 4], 2, activation=activation, two_heads=two_heads, rngs=nnx.Rngs(1))
+    h = np.float64(X)
+    for layer in model.trunk.layers:
+        h = NP_ACTIVATIONS[activation](_np_linear(layer, h))
+    heads = model(X)
+    if two_heads:
+        expected = {"label": model.label_head, "teacher": model.teacher_head}
+    else:
+        expected = {"main": model.head}
+    for name, layer in expected.items():
+        np.testing.assert_allclose(heads[name], _np_linear(layer, h), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"hidden": []}, "hidden"),
+        ({"hidden": [4, 0]}, "hidden"),
+        ({"in_features": 0}, "in_features"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"dropout": -0.1}, "dropout"),
+        ({"activation": "sigmoid"}, "sigmoid"),
+    ],
+)
+def test_trunk_rejects_bad_arguments(kwargs, match):
+    args = {"in_features": 3, "hidden": [4], **kwargs}
+    with pytest.raises(ValueError, match=match):
+        models.MLPTrunk(args.pop("in_features"), args.pop("hidden"), rngs=nnx.Rngs(0), **args)
+
+
+def test_dropout_only_when_stochastic_with_rngs():
+    model = models.mlp(3, [64], 1, dropout=0.5, rngs=nnx.Rngs(0))
+
+    def run(**kw):
+        return np.asarray(model(X, **kw)["main"])
+
+    det = run()
+    np.testing.assert_array_equal(det, run())
+    np.testing.assert_array_equal(det, run(deterministic=True, rngs=nnx.Rngs(dropout=1)))
+    a = run(deterministic=False, rngs=nnx.Rngs(dropout=1))
+    np.testing.assert_array_equal(a, run(deterministic=False, rngs=nnx.Rngs(dropout=1)))
+    b = run(deterministic=False, rngs=nnx.Rngs(dropout=2))
+    assert not np.allclose(a, det) and not np.allclose(a, b)
+    with pytest.raises(ValueError, match="rngs"):
+        run(deterministic=False)
+
+
+def test_no_dropout_layer_when_rate_is_zero():
+    model = models.mlp(3, [16], 1, rngs=nnx.Rngs(0))
+    stochastic = model(X, deterministic=False, rngs=nnx.Rngs(dropout=1))["main"]
+    np.testing.assert_array_equal(stochastic, model(X)["main"])
+
+
+@pytest.mark.parametrize(
+    "two_heads, dropout, expected",
+    [
+        # (3*6 + 6) + (6*4 + 4) + heads of (4*2 + 2) each
+        (False, 0.0, 24 + 28 + 10),
+        (True, 0.0, 24 + 28 + 2 * 10),
+        (False, 0.3, 24 + 28 + 10),
+    ],
+)
+def test_param_count(two_heads, dropout, expected):
+    model = models.mlp(3, [6, 4], 2, two_heads=two_heads, dropout=dropout, rngs=nnx.Rngs(0))
+    assert models.param_count(nnx.state(model, nnx.Param)) == expected
+    _, params, _ = nnx.split(model, nnx.Param, ...)
+    assert models.param_count(params) == expected == sum(x.size for x in jax.tree.leaves(params))

@@ -1,0 +1,20 @@
+"""The README's Python example runs as printed and prints what it says."""
+
+import contextlib
+import io
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_readme_python_example_runs():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+    assert blocks, "README has no python example"
+    for block in blocks:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(block, "README.md", "exec"), {})
+        for expected in re.findall(r"print\(.*\)\s+# (.*)", block):
+            assert expected.strip() in out.getvalue(), (expected, out.getvalue())
