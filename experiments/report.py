@@ -36,8 +36,9 @@ def aggregate(rows: list[dict], metric: str) -> dict[str, dict[tuple[str, float]
     """``{noise: {(label, level): (mean, se, n)}}`` over seeds."""
     groups = collections.defaultdict(list)
     for r in rows:
-        if r.get(metric) is not None:
-            groups[(r["noise"], _label(r["method"], r["head"]), r["level"])].append(r[metric])
+        if metric in r:  # null (undefined, e.g. precision with nothing rejected) -> NaN
+            value = math.nan if r[metric] is None else r[metric]
+            groups[(r["noise"], _label(r["method"], r["head"]), r["level"])].append(value)
     out: dict = collections.defaultdict(dict)
     for (kind, label, level), values in groups.items():
         out[kind][(label, level)] = (*_mean_se(values), len(values))
