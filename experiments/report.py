@@ -6,9 +6,10 @@ import collections
 import json
 import math
 import os
-import tempfile
 
 import numpy as np
+
+from kd_regression.fileio import atomic_write, atomic_write_text
 
 TEACHER = "teacher"
 DETECTION = ("rejection_rate", "precision", "recall")
@@ -111,10 +112,7 @@ def summary_markdown(rows: list[dict], *, elapsed_s: float | None = None) -> str
 
 
 def _savefig(fig, path: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
 
 
 def plot_noise_sweep(rows: list[dict], path: str) -> None:
@@ -169,12 +167,10 @@ def plot_fits(fits: dict, path: str) -> None:
     plt.close(fig)
 
 
-def write_all(rows, fits, workdir, *, config=None, elapsed_s=None) -> None:
-    text = summary_markdown(rows, elapsed_s=elapsed_s)
-    fd, tmp = tempfile.mkstemp(dir=workdir, prefix="summary.md.tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, os.path.join(workdir, "summary.md"))
+def write_all(rows, fits, workdir, *, elapsed_s=None) -> None:
+    atomic_write_text(
+        os.path.join(workdir, "summary.md"), summary_markdown(rows, elapsed_s=elapsed_s)
+    )
     plot_noise_sweep(rows, os.path.join(workdir, "noise_sweep.png"))
     if fits is not None:
         plot_fits(fits, os.path.join(workdir, "fits.png"))

@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import zlib
 
@@ -27,17 +26,11 @@ from absl import logging
 from experiments import report
 from kd_regression import input_pipeline, losses, models, noise, teacher_store, train
 from kd_regression.datasets import sinusoid
+from kd_regression.fileio import atomic_write_text
 from kd_regression.methods import LossConfig, get_method
 
 TEACHER = "teacher"
 FIT_GRID = 400  # points of the x grid drawn in fits.png
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + ".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def validate(config: ml_collections.ConfigDict) -> LossConfig:
@@ -100,7 +93,6 @@ def _cell_data(config, kind: str, level: float) -> dict[str, np.ndarray]:
         row = {
             "x_train": splits["train"].x,
             "y_train": np.asarray(noisy["train"].labels),
-            "y_train_clean": splits["train"].y,
             "corrupted": np.asarray(noisy["train"].corrupted),
             "x_val": splits["validation"].x,
             "y_val": np.asarray(noisy["validation"].labels),
@@ -323,7 +315,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     """Runs the whole sweep and writes results.jsonl, summary.md and the figures."""
     loss_cfg = validate(config)
     os.makedirs(workdir, exist_ok=True)
-    _atomic_write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    atomic_write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
     writer = train.make_writer(os.path.join(workdir, "logs"))
     programs = _Programs(config, loss_cfg)
     rows: list[dict] = []
@@ -336,12 +328,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
             )
             rows += cell_rows
             fits = cell_fits or fits
-            _atomic_write_text(
+            atomic_write_text(
                 os.path.join(workdir, "results.jsonl"),
                 "".join(json.dumps(r) + "\n" for r in rows),
             )
     elapsed = time.time() - t0
     writer.close()
-    report.write_all(rows, fits, workdir, config=config, elapsed_s=elapsed)
+    report.write_all(rows, fits, workdir, elapsed_s=elapsed)
     print(f"sweep finished in {elapsed:.1f}s; results in {workdir}", flush=True)
     return rows

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from kd_regression import __version__
+from kd_regression.fileio import atomic_write, atomic_write_text
 
 PREDICTIONS = "predictions.npy"
 MANIFEST = "manifest.json"
@@ -27,20 +27,6 @@ MANIFEST = "manifest.json"
 
 class StoreMismatchError(ValueError):
     """The store was produced by another teacher, dataset or configuration."""
-
-
-def _atomic_write(path: str, write_fn) -> None:
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _jsonable(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
@@ -60,14 +46,14 @@ def write(directory: str, predictions: np.ndarray, fingerprint: Mapping[str, Any
     manifest_path = os.path.join(directory, MANIFEST)
     if os.path.exists(manifest_path):
         os.unlink(manifest_path)  # the old predictions are no longer vouched for
-    _atomic_write(os.path.join(directory, PREDICTIONS), lambda f: np.save(f, predictions))
+    atomic_write(os.path.join(directory, PREDICTIONS), lambda f: np.save(f, predictions))
     manifest = {
         "fingerprint": _jsonable(fingerprint),
         "shape": list(predictions.shape),
         "dtype": str(predictions.dtype),
         "library_version": __version__,
     }
-    _atomic_write(manifest_path, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
 
 
 def read(directory: str, fingerprint: Mapping[str, Any]) -> np.ndarray:
