@@ -8,6 +8,7 @@ loss constants δ and η live in the train state, so they do not trigger recompi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -52,6 +53,10 @@ def validate(config: ml_collections.ConfigDict) -> LossConfig:
             raise ValueError(f"noise.{kind}: not a noise model; allowed {noise.NOISE_KINDS}")
         if not list(config.noise[kind]):
             raise ValueError(f"noise.{kind}: empty list of levels")
+    if config.teacher.folds < 0 or config.teacher.folds == 1:
+        raise ValueError(f"teacher.folds={config.teacher.folds}: 0 (off) or k >= 2")
+    if config.store.on_mismatch not in ("recompute", "fail"):
+        raise ValueError(f"store.on_mismatch={config.store.on_mismatch!r}: 'recompute' or 'fail'")
     if config.inference_head not in (models.LABEL_HEAD, models.TEACHER_HEAD):
         raise ValueError(f"inference_head={config.inference_head!r}: 'label' or 'teacher'")
     for part in ("teacher", "student"):
@@ -205,6 +210,59 @@ def _rows(method, head, kind, level, config, pred, target, extra=None):
     return rows
 
 
+def _train_teachers(config, programs, data, spec, key, writer, workdir, cell):
+    """The teacher population, or with ``teacher.folds = k >= 2`` one per fold.
+
+    Returns (states, folds, predict): ``folds`` is ``[S, n]`` (each training example's fold,
+    a per-seed random balanced assignment) or ``None``.
+    """
+    k = config.teacher.folds
+    # Checkpoints are keyed by what determines the teacher: a changed config never resumes.
+    ckpt = os.path.join(workdir, "checkpoints", cell, f"teacher-{_digest(spec)}")
+    if k == 0:
+        result, predict = _fit(
+            programs,
+            TEACHER,
+            config.teacher.method,
+            data,
+            None,
+            key,
+            writer,
+            f"{cell}/teacher",
+            checkpoint_dir=ckpt,
+        )
+        return [result.state], None, predict
+    n = data["x_train"].shape[1]
+    folds = np.stack(
+        [
+            np.random.default_rng([config.seed + s, 17]).permutation(n) % k
+            for s in range(config.num_seeds)
+        ]
+    )
+    states = []
+    for j in range(k):
+        # Every seed holds out the same number of rows, so the folds stack into one population.
+        keep = [np.flatnonzero(folds[s] != j) for s in range(config.num_seeds)]
+        fold_data = {
+            **data,
+            "x_train": np.stack([data["x_train"][s, i] for s, i in enumerate(keep)]),
+            "y_train": np.stack([data["y_train"][s, i] for s, i in enumerate(keep)]),
+        }
+        result, predict = _fit(
+            programs,
+            TEACHER,
+            config.teacher.method,
+            fold_data,
+            None,
+            jax.random.fold_in(key, j),
+            writer,
+            f"{cell}/teacher_fold{j}",
+            checkpoint_dir=f"{ckpt}-fold{j}",
+        )
+        states.append(result.state)
+    return states, folds, predict
+
+
 def run_cell(config, loss_cfg, programs, kind, level, workdir, writer):
     """Teacher, store, and every student for one (noise model, level); returns rows, fits."""
     cell = f"{kind}_{level:g}"
@@ -218,35 +276,76 @@ def run_cell(config, loss_cfg, programs, kind, level, workdir, writer):
         "seeds": [config.seed, config.num_seeds],
         "teacher": config.teacher.to_dict(),
     }
-    teacher_result, teacher_predict = _fit(
-        programs,
-        TEACHER,
-        config.teacher.method,
-        data,
-        None,
-        jax.random.fold_in(root, 1),
-        writer,
-        f"{cell}/teacher",
-        # Keyed by what determines the teacher, so a changed config never resumes from it.
-        checkpoint_dir=os.path.join(workdir, "checkpoints", cell, f"teacher-{_digest(spec)}"),
+    teachers, folds, teacher_predict = _train_teachers(
+        config, programs, data, spec, jax.random.fold_in(root, 1), writer, workdir, cell
     )
-    teacher_state = teacher_result.state
-    t_train = train.predict(teacher_predict, teacher_state, data["x_train"], population=True)
-    store_dir = os.path.join(workdir, "teacher_store", cell)
+
+    def predict_train_rows(index: np.ndarray) -> np.ndarray:
+        """The stored teacher output for training examples ``index``: ``[S, len, 1]``."""
+        x = data["x_train"][:, index]
+        outs = [train.predict(teacher_predict, t, x, population=True)["main"] for t in teachers]
+        if folds is None:
+            return outs[0]
+        # Out-of-fold: each example's prediction comes from the teacher that never saw it.
+        return np.take_along_axis(np.stack(outs, -1), folds[:, index, None, None], -1)[..., 0]
+
+    def statistics(predictions: np.ndarray) -> dict:
+        y, t = jnp.asarray(data["y_train"]), jnp.asarray(predictions)
+        stats = {}
+        for rule in losses.THRESHOLD_METHODS:
+            if rule == "fixed" and loss_cfg.threshold_value is None:
+                continue
+            rule_cfg = dataclasses.replace(loss_cfg, threshold_method=rule)
+            per_seed = jax.vmap(lambda y, t, c=rule_cfg: train.loss_constants(y, t, c))(y, t)
+            stats[f"threshold_{rule}"] = per_seed["threshold"]
+            stats["eta"] = per_seed["eta"]
+        return {k: np.asarray(v).tolist() for k, v in stats.items()}
+
     fingerprint = {
         **spec,
         "split": "train",
-        "teacher_params_sha256": _params_digest(teacher_state.params),
+        "out_of_fold": folds is not None,
+        "teacher_params_sha256": _params_digest([t.params for t in teachers]),
+        "statistics_config": {
+            "k": loss_cfg.threshold_k,
+            "q": loss_cfg.threshold_q,
+            "value": loss_cfg.threshold_value,
+        },
     }
-    teacher_store.write(store_dir, t_train["main"], fingerprint)
-    data["teacher"] = teacher_store.read(store_dir, fingerprint)
+    store_dir = os.path.join(workdir, "teacher_store", cell)
+    if config.store.on_mismatch == "fail":
+        try:
+            teacher_store.open_store(store_dir, fingerprint)
+        except teacher_store.StoreNotFoundError:
+            pass  # nothing there yet: compute it
+    store = teacher_store.compute(
+        store_dir,
+        predict_train_rows,
+        fingerprint=fingerprint,
+        out_shape=data["y_train"].shape,
+        statistics=statistics,
+        chunk_rows=config.store.chunk_rows,
+    )
+    if config.store.parity_sample:
+        teacher_store.parity_check(
+            store, predict_train_rows, sample_size=config.store.parity_sample
+        )
+    data["teacher"] = store.load()
+    constants = {
+        "threshold": np.asarray(store.statistics[f"threshold_{loss_cfg.threshold_method}"]),
+        "eta": np.asarray(store.statistics["eta"]),
+    }
     t_teacher = time.time() - t0
 
-    t_test = train.predict(teacher_predict, teacher_state, data["x_test"], population=True)
-    rows = _rows(TEACHER, models.MAIN_HEAD, kind, level, config, t_test["main"], data["y_test"])
-    constants = jax.vmap(lambda y, t: train.loss_constants(y, t, loss_cfg))(
-        jnp.asarray(data["y_train"]), jnp.asarray(data["teacher"])
+    # The teacher row of the results: with out-of-fold teachers, their mean prediction.
+    t_test = np.mean(
+        [
+            train.predict(teacher_predict, t, data["x_test"], population=True)["main"]
+            for t in teachers
+        ],
+        axis=0,
     )
+    rows = _rows(TEACHER, models.MAIN_HEAD, kind, level, config, t_test, data["y_test"])
     rejected = np.asarray(
         jax.vmap(lambda y, t, d: losses.outlier_mask(y, t, threshold=d))(
             data["y_train"], data["teacher"], constants["threshold"]
@@ -270,9 +369,13 @@ def run_cell(config, loss_cfg, programs, kind, level, workdir, writer):
             "clean": sinusoid.function(
                 grid[:, 0], amplitude=config.dataset.amplitude, frequency=config.dataset.frequency
             ),
-            TEACHER: train.predict(teacher_predict, teacher_state, grid_p, population=True)["main"][
-                0, :, 0
-            ],
+            TEACHER: np.mean(
+                [
+                    train.predict(teacher_predict, t, grid_p, population=True)["main"][0, :, 0]
+                    for t in teachers
+                ],
+                axis=0,
+            ),
         }
 
     student_key = jax.random.fold_in(root, 2)  # the same initialisation for every method

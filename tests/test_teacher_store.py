@@ -1,100 +1,92 @@
-"""Tests for kd_regression.teacher_store: round trip, completeness and fingerprints."""
+"""kd_regression.teacher_store: round trip, fingerprints, crashes, damage, parallel writers."""
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import numpy as np
 import pytest
+import tensorstore as ts
 
 from kd_regression import __version__, teacher_store
 
 FINGERPRINT = {"dataset": "sinusoid", "seed": 3, "teacher": {"hidden": (64, 64)}, "noise": 0.2}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _predictions(shape=(2, 7, 3), dtype=np.float32):
     return np.random.default_rng(0).normal(size=shape).astype(dtype)
 
 
-@pytest.mark.parametrize("shape, dtype", [((2, 7, 3), np.float32), ((5, 1), np.float64)])
-def test_round_trip(tmp_path, shape, dtype):
-    directory = str(tmp_path / "store")  # created by write
+def _chunk_files(directory):
+    base = os.path.join(directory, teacher_store.ARRAY, "c")
+    return sorted(os.path.join(r, f) for r, _, fs in os.walk(base) for f in fs)
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, chunk_rows", [((2, 7, 3), np.float32, 3), ((5, 1), np.float64, 8192)]
+)
+def test_round_trip(tmp_path, shape, dtype, chunk_rows):
+    directory = str(tmp_path / "store")
     preds = _predictions(shape, dtype)
-    teacher_store.write(directory, preds, FINGERPRINT)
-    got = teacher_store.read(directory, FINGERPRINT)
-    assert got.dtype == dtype
-    np.testing.assert_array_equal(got, preds)
-    # The fingerprint is compared after a JSON round trip: a tuple matches its list.
-    np.testing.assert_array_equal(
-        teacher_store.read(directory, {**FINGERPRINT, "teacher": {"hidden": [64, 64]}}), preds
-    )
-    with open(os.path.join(directory, teacher_store.MANIFEST)) as f:
-        manifest = json.load(f)
+    teacher_store.write(directory, preds, FINGERPRINT, {"eta": 1.5}, chunk_rows=chunk_rows)
+    store = teacher_store.open_store(directory, FINGERPRINT)
+    assert store.shape == shape and store.dtype == dtype and store.statistics == {"eta": 1.5}
+    np.testing.assert_array_equal(store.load(), preds)
+    index = np.array([4, 0, 2])
+    np.testing.assert_array_equal(store.rows(index), preds[..., index, :])
+    # A tuple and its list are the same fingerprint (compared after a JSON round trip).
+    again = teacher_store.read(directory, {**FINGERPRINT, "teacher": {"hidden": [64, 64]}})
+    np.testing.assert_array_equal(again, preds)
+    manifest = json.loads((tmp_path / "store" / teacher_store.MANIFEST).read_text())
     assert manifest["shape"] == list(shape) and manifest["dtype"] == np.dtype(dtype).name
     assert manifest["library_version"] == __version__
-    assert sorted(os.listdir(directory)) == sorted(
-        [teacher_store.MANIFEST, teacher_store.PREDICTIONS]
-    )
 
 
-def test_read_without_manifest_raises(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        teacher_store.read(str(tmp_path), FINGERPRINT)
-    np.save(tmp_path / teacher_store.PREDICTIONS, _predictions())  # predictions alone
-    with pytest.raises(FileNotFoundError):
-        teacher_store.read(str(tmp_path), FINGERPRINT)
+def test_opens_with_plain_tensorstore(tmp_path):
+    preds = _predictions((2, 10, 3))
+    teacher_store.write(str(tmp_path), preds, FINGERPRINT, chunk_rows=4)
+    path = str(tmp_path / teacher_store.ARRAY)
+    array = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": path}}).result()
+    np.testing.assert_array_equal(array.read().result(), preds)
+
+
+def test_without_manifest_is_not_found(tmp_path):
+    with pytest.raises(teacher_store.StoreNotFoundError):
+        teacher_store.open_store(str(tmp_path), FINGERPRINT)
+    directory = str(tmp_path / "s")
+    teacher_store.prepare(directory, shape=(6, 2), fingerprint=FINGERPRINT, chunk_rows=2)
+    teacher_store.write_range(directory, 0, np.ones((2, 2), np.float32))  # partly written
+    with pytest.raises(FileNotFoundError, match="no complete teacher store"):
+        teacher_store.open_store(directory, FINGERPRINT)
+    with pytest.raises(teacher_store.StoreNotFoundError, match="cannot commit"):
+        teacher_store.commit(directory)
+    assert teacher_store.missing_ranges(directory) == [(2, 4), (4, 6)]
 
 
 @pytest.mark.parametrize(
     "changed, field",
-    [
-        ({"seed": 4}, "seed"),
-        ({"teacher": {"hidden": [64, 32]}}, "teacher"),
-        ({"extra": 1}, "extra"),
-        ({"noise": None}, "noise"),
-    ],
+    [({"seed": 4}, "seed"), ({"teacher": {"hidden": [64, 32]}}, "teacher"), ({"x": 1}, "x")],
 )
-def test_fingerprint_mismatch_names_field(tmp_path, changed, field):
+def test_stale_fingerprint_refused_naming_the_field(tmp_path, changed, field):
     teacher_store.write(str(tmp_path), _predictions(), FINGERPRINT)
-    with pytest.raises(teacher_store.StoreMismatchError, match=field) as excinfo:
-        teacher_store.read(str(tmp_path), {**FINGERPRINT, **changed})
-    assert isinstance(excinfo.value, ValueError)
+    with pytest.raises(teacher_store.StoreMismatchError, match=f"{field}: stored") as info:
+        teacher_store.open_store(str(tmp_path), {**FINGERPRINT, **changed})
     others = set(FINGERPRINT) - {field}
-    assert not any(f"{k}:" in str(excinfo.value) for k in others)
+    assert not any(f"{k}: stored" in str(info.value) for k in others)
 
 
-def test_missing_field_is_a_mismatch(tmp_path):
-    teacher_store.write(str(tmp_path), _predictions(), FINGERPRINT)
-    fingerprint = {k: v for k, v in FINGERPRINT.items() if k != "seed"}
-    with pytest.raises(teacher_store.StoreMismatchError, match="seed"):
-        teacher_store.read(str(tmp_path), fingerprint)
+def test_numpy_scalars_match_python_numbers(tmp_path):
+    written = {**FINGERPRINT, "seed": np.int64(3), "noise": np.float32(0.25)}
+    teacher_store.write(str(tmp_path), _predictions(), written)
+    teacher_store.open_store(str(tmp_path), {**FINGERPRINT, "seed": 3, "noise": 0.25})
 
 
-@pytest.mark.parametrize("shape, dtype", [((2, 6, 3), np.float32), ((2, 7, 3), np.float64)])
-def test_predictions_not_matching_manifest_raise(tmp_path, shape, dtype):
-    teacher_store.write(str(tmp_path), _predictions(), FINGERPRINT)
-    np.save(tmp_path / teacher_store.PREDICTIONS, _predictions(shape, dtype))
-    with pytest.raises(teacher_store.StoreMismatchError, match="manifest says"):
-        teacher_store.read(str(tmp_path), FINGERPRINT)
-
-
-def test_rewrite_removes_old_manifest_first(tmp_path, monkeypatch):
-    directory = str(tmp_path)
-    teacher_store.write(directory, _predictions(), FINGERPRINT)
-
-    def failing_save(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(teacher_store.np, "save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
-        teacher_store.write(directory, _predictions((2, 8, 3)), {**FINGERPRINT, "seed": 4})
-    monkeypatch.undo()
-    assert not os.path.exists(os.path.join(directory, teacher_store.MANIFEST))
-    assert os.listdir(directory) == [teacher_store.PREDICTIONS]  # no temporary file left
-    with pytest.raises(FileNotFoundError):
-        teacher_store.read(directory, FINGERPRINT)
-
-
-def test_rewrite_replaces_store(tmp_path):
+def test_rewrite_with_new_fingerprint_replaces_store(tmp_path):
     directory = str(tmp_path)
     teacher_store.write(directory, _predictions(), FINGERPRINT)
     new = _predictions((2, 8, 3)) + 1
@@ -104,8 +96,130 @@ def test_rewrite_replaces_store(tmp_path):
         teacher_store.read(directory, FINGERPRINT)
 
 
-def test_numpy_scalars_in_fingerprint_match_python_numbers(tmp_path):
-    written = {**FINGERPRINT, "seed": np.int64(3), "noise": np.float32(0.25)}
-    teacher_store.write(str(tmp_path), _predictions(), written)
-    expected = {**FINGERPRINT, "seed": 3, "noise": 0.25}
-    np.testing.assert_array_equal(teacher_store.read(str(tmp_path), expected), _predictions())
+def test_write_range_validates(tmp_path):
+    directory = str(tmp_path)
+    teacher_store.prepare(directory, shape=(2, 10, 1), fingerprint=FINGERPRINT, chunk_rows=4)
+    with pytest.raises(ValueError, match="aligned"):
+        teacher_store.write_range(directory, 2, np.zeros((2, 4, 1), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        teacher_store.write_range(directory, 0, np.zeros((1, 4, 1), np.float32))
+    with pytest.raises(ValueError, match="finite"):
+        teacher_store.write_range(directory, 0, np.full((2, 4, 1), np.nan, np.float32))
+    teacher_store.write_range(directory, 8, np.zeros((2, 2, 1), np.float32))  # the last chunk
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_damaged_chunk_is_detected(tmp_path, damage):
+    directory = str(tmp_path)
+    teacher_store.write(directory, _predictions((2, 12, 3)), FINGERPRINT, chunk_rows=4)
+    victim = _chunk_files(directory)[1]
+    data = open(victim, "rb").read()
+    if damage == "truncate":
+        open(victim, "wb").write(data[:-7])
+    elif damage == "flip":
+        open(victim, "wb").write(data[:10] + bytes([data[10] ^ 0xFF]) + data[11:])
+    else:
+        os.remove(victim)
+    with pytest.raises(teacher_store.StoreCorruptError):
+        teacher_store.read(directory, FINGERPRINT)
+
+
+def test_chunk_deleted_after_open_is_detected_on_read(tmp_path):
+    teacher_store.write(str(tmp_path), _predictions((2, 12, 3)), FINGERPRINT, chunk_rows=4)
+    store = teacher_store.open_store(str(tmp_path), FINGERPRINT)
+    os.remove(_chunk_files(str(tmp_path))[2])
+    store.rows(np.array([0, 1]))  # an intact chunk still reads
+    with pytest.raises(teacher_store.StoreCorruptError, match="missing"):
+        store.rows(np.array([9]))
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    from kd_regression import teacher_store
+    directory, index, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    delay = float(sys.argv[4])
+    x = np.arange(2 * 40 * 1, dtype=np.float32).reshape(2, 40, 1)
+    def predict(index):
+        time.sleep(delay)  # a slow teacher, so the test can kill the writer mid-way
+        return 2 * x[:, index]
+    teacher_store.compute(directory, predict, fingerprint={"f": 1}, out_shape=(2, 40, 1),
+                          statistics=lambda p: {"max": float(p.max())}, batch_size=4,
+                          chunk_rows=8, process_index=index, process_count=count)
+    """
+)
+
+
+def _writer(directory, index=0, count=1, delay=0.0):
+    return subprocess.Popen(
+        [sys.executable, "-c", _WRITER, directory, str(index), str(count), str(delay)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+    )
+
+
+EXPECTED = 2 * np.arange(80, dtype=np.float32).reshape(2, 40, 1)
+
+
+def test_killed_writer_leaves_nothing_usable_and_rerun_completes(tmp_path):
+    directory = str(tmp_path / "s")
+    proc = _writer(directory, delay=0.3)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+        os.path.isdir(os.path.join(directory, teacher_store.RANGES))
+        and os.listdir(os.path.join(directory, teacher_store.RANGES))
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = os.listdir(os.path.join(directory, teacher_store.RANGES))
+    assert 1 <= len(done) < 5  # killed mid-way
+    with pytest.raises(teacher_store.StoreNotFoundError):
+        teacher_store.open_store(directory, {"f": 1})
+    rerun = _writer(directory)
+    assert rerun.wait(120) == 0, rerun.stderr.read().decode()[-2000:]
+    store = teacher_store.open_store(directory, {"f": 1})
+    np.testing.assert_array_equal(store.load(), EXPECTED)
+    assert store.statistics == {"max": float(EXPECTED.max())}
+
+
+def test_parallel_writers_fill_disjoint_ranges(tmp_path):
+    directory = str(tmp_path / "s")
+    teacher_store.prepare(directory, shape=(2, 40, 1), fingerprint={"f": 1}, chunk_rows=8)
+    procs = [_writer(directory, index=i, count=2) for i in (1, 0)]
+    for p in procs:
+        assert p.wait(120) == 0, p.stderr.read().decode()[-2000:]
+    if not os.path.exists(os.path.join(directory, teacher_store.MANIFEST)):
+        # Process 0 finished before process 1: committing is a rerun of process 0.
+        assert _writer(directory, index=0, count=2).wait(120) == 0
+    np.testing.assert_array_equal(teacher_store.read(directory, {"f": 1}), EXPECTED)
+    markers = sorted(os.listdir(os.path.join(directory, teacher_store.RANGES)))
+    assert markers == sorted(f"{s}-{s + 8}.done" for s in range(0, 40, 8))
+
+
+def test_parity_check(tmp_path):
+    x = np.random.default_rng(1).normal(size=(3, 50, 2)).astype(np.float32)
+    store = teacher_store.compute(
+        str(tmp_path),
+        lambda i: 3 * x[:, i],
+        fingerprint={"f": 1},
+        out_shape=x.shape,
+        chunk_rows=16,
+    )
+    np.testing.assert_array_equal(store.load(), 3 * x)
+    assert teacher_store.parity_check(store, lambda i: 3 * x[:, i], sample_size=20) == 0.0
+    with pytest.raises(teacher_store.StoreMismatchError, match="differs"):
+        teacher_store.parity_check(store, lambda i: 3 * x[:, i] + 1e-3, sample_size=20)
+
+
+def test_compute_reuses_a_complete_store(tmp_path):
+    calls = []
+
+    def predict(index):
+        calls.append(len(index))
+        return np.ones((len(index), 1), np.float32)
+
+    for _ in range(2):
+        teacher_store.compute(str(tmp_path), predict, fingerprint={"f": 1}, out_shape=(10, 1))
+    assert calls == [10]

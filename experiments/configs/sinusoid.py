@@ -45,6 +45,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.teacher.eval_every = 250
     config.teacher.patience = 6  # evaluations without improvement on the noisy val split
     config.teacher.checkpoint_every = 1000  # orbax checkpoints; a rerun resumes from them
+    # k >= 2: k teachers on k folds, each example's stored prediction from the teacher that
+    # did not see it (out-of-fold; our addition against the memorization effect). 0: off.
+    config.teacher.folds = 0
+
+    # The teacher prediction store (kd_regression.teacher_store).
+    config.store = ml_collections.ConfigDict()
+    config.store.chunk_rows = 8192
+    config.store.on_mismatch = "recompute"  # or "fail": refuse a store made for other inputs
+    config.store.parity_sample = 64  # rows recomputed and compared after writing (0: off)
 
     config.student = ml_collections.ConfigDict()
     config.student.hidden = (16, 16)
