@@ -40,14 +40,19 @@ def batches(
     seed: int,
     start_step: int = 0,
     population: int | None = None,
+    block_steps: int = 16,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless batches from ``start_step`` on: a dict of the same keys, rows gathered.
 
     Args:
       arrays: equal-length arrays ``[n, ...]``, or with ``population`` ``[P, n, ...]``.
       population: number of members ``P``; each member gets its own shuffle.
+      block_steps: rows of this many steps are gathered at once (one read of a store-backed
+        array instead of one per step); the batches do not depend on it.
 
-    Bad arguments raise here, not at the first ``next``.
+    Arrays may be anything with ``shape``, ``ndim`` and NumPy outer indexing, e.g. a
+    :class:`kd_regression.teacher_store.TeacherStore` read from disk as it goes. Bad
+    arguments raise here, not at the first ``next``.
     """
     axis = 0 if population is None else 1
     sizes = {k: v.shape[axis] if v.ndim > axis else None for k, v in arrays.items()}
@@ -59,23 +64,36 @@ def batches(
             raise ValueError(f"population={population} but arrays have leading axes {bad}")
     n = next(iter(sizes.values()))
     batch_indices(n, batch_size=batch_size, seed=seed, step=0)  # validates batch_size
-    return _batches(arrays, n, batch_size, seed, start_step, population)
+    if block_steps < 1:
+        raise ValueError(f"block_steps must be >= 1, got {block_steps}")
+    return _batches(arrays, n, batch_size, seed, start_step, population, block_steps)
 
 
-def _batches(arrays, n, batch_size, seed, start_step, population):
+def _batches(arrays, n, batch_size, seed, start_step, population, block_steps):
     per_epoch = n // batch_size
     members = range(population or 1)
-    perms: dict[int, np.ndarray] = {}  # this epoch's permutation per member
-    epoch = None
+    perms: dict[tuple[int, int], np.ndarray] = {}
+
+    def indices(member: int, step: int) -> np.ndarray:
+        epoch, pos = divmod(step, per_epoch)
+        if (member, epoch) not in perms:
+            if len(perms) > 2 * len(members):
+                perms.clear()  # keeps memory bounded; permutations are cheap to redraw
+            perms[(member, epoch)] = _permutation(seed, member, epoch, n)
+        return perms[(member, epoch)][pos * batch_size : (pos + 1) * batch_size]
+
     step = start_step
     while True:
-        new_epoch, pos = divmod(step, per_epoch)
-        if new_epoch != epoch:
-            epoch = new_epoch
-            perms = {m: _permutation(seed, m, epoch, n) for m in members}
-        idx = {m: perms[m][pos * batch_size : (pos + 1) * batch_size] for m in members}
+        # One gather for several steps: a store-backed array pays its per-read overhead once.
+        idx = {
+            m: np.concatenate([indices(m, s) for s in range(step, step + block_steps)])
+            for m in members
+        }
         if population is None:
-            yield {k: v[idx[0]] for k, v in arrays.items()}
+            block = {k: np.asarray(v[idx[0]]) for k, v in arrays.items()}
         else:
-            yield {k: np.stack([v[m, idx[m]] for m in members]) for k, v in arrays.items()}
-        step += 1
+            block = {k: np.stack([v[m, idx[m]] for m in members]) for k, v in arrays.items()}
+        for i in range(block_steps):
+            rows = slice(i * batch_size, (i + 1) * batch_size)
+            yield {k: b[rows] if population is None else b[:, rows] for k, b in block.items()}
+        step += block_steps

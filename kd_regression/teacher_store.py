@@ -230,8 +230,13 @@ class TeacherStore:
         return self[...]
 
 
-def open_store(directory: str, fingerprint: Mapping[str, Any]) -> TeacherStore:
+def open_store(
+    directory: str, fingerprint: Mapping[str, Any], *, cache_bytes: int = 256 << 20
+) -> TeacherStore:
     """Opens a complete store made for ``fingerprint``.
+
+    ``cache_bytes`` bounds tensorstore's cache of decoded (checksum-verified) chunks, so
+    shuffled reads do not decode the same chunk again and again.
 
     Raises:
       StoreNotFoundError: nothing committed in ``directory``.
@@ -255,7 +260,11 @@ def open_store(directory: str, fingerprint: Mapping[str, Any]) -> TeacherStore:
             f"expected {__version__!r}"
         )
     try:
-        array = ts.open(_spec(directory), open=True).result()
+        array = ts.open(
+            _spec(directory),
+            open=True,
+            context=ts.Context({"cache_pool": {"total_bytes_limit": cache_bytes}}),
+        ).result()
     except ValueError as e:
         raise StoreCorruptError(f"{directory}: cannot open {ARRAY}: {e}") from e
     if list(array.shape) != manifest["shape"] or array.dtype.numpy_dtype != np.dtype(

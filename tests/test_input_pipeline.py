@@ -109,3 +109,29 @@ def test_population_batches_stack_members():
 def test_mismatched_arrays_raise(arrays, population):
     with pytest.raises(ValueError):
         next(input_pipeline.batches(arrays, batch_size=2, seed=0, population=population))
+
+
+@pytest.mark.parametrize("population", [None, 2])
+def test_batches_do_not_depend_on_block_steps(population):
+    shape = (30, 2) if population is None else (population, 30, 2)
+    arrays = {"x": np.arange(np.prod(shape), dtype=np.float32).reshape(shape)}
+    kwargs = dict(batch_size=4, seed=3, start_step=5, population=population)
+    one = input_pipeline.batches(arrays, block_steps=1, **kwargs)
+    many = input_pipeline.batches(arrays, block_steps=7, **kwargs)
+    for _ in range(20):
+        np.testing.assert_array_equal(next(one)["x"], next(many)["x"])
+
+
+@pytest.mark.parametrize("population", [None, 3])
+def test_batches_stream_from_a_teacher_store(tmp_path, population):
+    from kd_regression import teacher_store
+
+    shape = (50, 2) if population is None else (population, 50, 2)
+    teacher = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    teacher_store.write(str(tmp_path), teacher, {"f": 1}, chunk_rows=8)
+    store = teacher_store.open_store(str(tmp_path), {"f": 1})
+    kwargs = dict(batch_size=6, seed=1, population=population, block_steps=4)
+    from_disk = input_pipeline.batches({"teacher": store}, **kwargs)
+    in_memory = input_pipeline.batches({"teacher": teacher}, **kwargs)
+    for _ in range(25):  # several epochs
+        np.testing.assert_array_equal(next(from_disk)["teacher"], next(in_memory)["teacher"])

@@ -114,3 +114,18 @@ def test_param_count(two_heads, dropout, expected):
     assert models.param_count(nnx.state(model, nnx.Param)) == expected
     _, params, _ = nnx.split(model, nnx.Param, ...)
     assert models.param_count(params) == expected == sum(x.size for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("two_heads", [False, True])
+def test_cnn_heads_and_shapes(two_heads):
+    model = models.cnn(1, [4, 8], 2, two_heads=two_heads, rngs=nnx.Rngs(0))
+    heads = model(np.ones((3, 36, 60, 1), np.float32))
+    assert set(heads) == ({"label", "teacher"} if two_heads else {"main"})
+    assert all(h.shape == (3, 2) for h in heads.values())
+    # 3x3 kernels with bias: (9*1*4 + 4) + (9*4*8 + 8), plus the linear head(s) 8*2 + 2.
+    expected = 40 + 296 + 18 * (2 if two_heads else 1)
+    assert models.param_count(nnx.state(model, nnx.Param)) == expected
+    with pytest.raises(ValueError, match="H, W, C"):
+        model(np.ones((3, 36), np.float32))
+    with pytest.raises(ValueError, match="channels"):
+        models.ConvTrunk(1, [], rngs=nnx.Rngs(0))
