@@ -34,7 +34,7 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
 
 
 def aggregate(rows: list[dict], metric: str) -> dict[str, dict[tuple[str, float], tuple]]:
-    """``{noise: {(label, level): (mean, se, n)}}`` over seeds."""
+    """``{noise: {(label, level): (mean, standard error)}}`` over seeds."""
     groups = collections.defaultdict(list)
     for r in rows:
         if metric in r:  # null (undefined, e.g. precision with nothing rejected) -> NaN
@@ -42,7 +42,7 @@ def aggregate(rows: list[dict], metric: str) -> dict[str, dict[tuple[str, float]
             groups[(r["noise"], _label(r["method"], r["head"]), r["level"])].append(value)
     out: dict = collections.defaultdict(dict)
     for (kind, label, level), values in groups.items():
-        out[kind][(label, level)] = (*_mean_se(values), len(values))
+        out[kind][(label, level)] = _mean_se(values)
     return out
 
 
@@ -71,7 +71,7 @@ def _table(cells: dict, labels: list[str], levels: list[float], *, mark_best: bo
             if (lb, lv) not in cells:
                 row.append("")
                 continue
-            text = _fmt(*cells[(lb, lv)][:2])
+            text = _fmt(*cells[(lb, lv)])
             row.append(f"**{text}**" if best.get(lv) == lb else text)
         lines.append(f"| {lb} | " + " | ".join(row) + " |")
     return lines

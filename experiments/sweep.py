@@ -30,7 +30,7 @@ from kd_regression.datasets import sinusoid
 from kd_regression.fileio import atomic_write_text
 from kd_regression.methods import LossConfig, get_method
 
-TEACHER = "teacher"
+TEACHER = report.TEACHER
 FIT_GRID = 400  # points of the x grid drawn in fits.png
 
 
@@ -69,7 +69,7 @@ def validate(config: ml_collections.ConfigDict) -> LossConfig:
     return LossConfig.from_dict(config.loss.to_dict())
 
 
-def _cell_data(config, kind: str, level: float) -> dict[str, np.ndarray]:
+def _cell_data(config: ml_collections.ConfigDict, kind: str, level: float) -> dict[str, np.ndarray]:
     """Population-stacked splits ``[S, n, 1]`` with noisy train/val labels and the mask."""
     ds = config.dataset
     lo, hi = sinusoid.label_range(amplitude=ds.amplitude, margin=ds.outlier_margin)
@@ -142,29 +142,37 @@ class _Programs:
                 donate_argnums=0,
             )
             predict = jax.jit(jax.vmap(train.make_predict_fn(graphdef)))
-            self._cache[key] = (model_fn, tx, step, predict, method)
+            evaluate = jax.jit(jax.vmap(train.make_eval_step(graphdef, method, self.loss_cfg)))
+            self._cache[key] = (model_fn, tx, step, predict, evaluate)
         return self._cache[key]
 
 
-def _fit(programs, role, method_name, data, constants, key, writer, name, checkpoint_dir=None):
+def _seeds(config: ml_collections.ConfigDict) -> list[int]:
+    return [config.seed + s for s in range(config.num_seeds)]
+
+
+def _fit(programs, role, method_name, data, constants, stream, writer, name, checkpoint_dir):
+    """Trains one population; member ``s`` is seed ``config.seed + s`` in every respect.
+
+    Initialisation key ``fold_in(key(seed), stream)`` and shuffle seed ``seed``, so a row
+    of results.jsonl is reproduced by a run with that seed alone (``--config.seed=...
+    --config.num_seeds=1``), up to float rounding (populations of different sizes are
+    different programs); ``stream`` separates teachers, folds and students.
+    """
     config = programs.config
     part = config.teacher if role == TEACHER else config.student
-    model_fn, tx, step, predict, method = programs.get(role, method_name)
-    keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(config.num_seeds))
+    model_fn, tx, step, predict, evaluate = programs.get(role, method_name)
+    keys = jnp.stack([jax.random.fold_in(jax.random.key(v), stream) for v in _seeds(config)])
     _, state = train.init_population(model_fn, tx, keys, constants)
     arrays = {"x": data["x_train"], "y": data["y_train"]}
     if "teacher" in data:
         arrays["teacher"] = data["teacher"]
     eval_fn = None
-    if role == TEACHER:
-        x_val, y_val = jnp.asarray(data["x_val"]), jnp.asarray(data["y_val"])
+    if role == TEACHER:  # early stopping on the noisy validation split
+        val = {"x": jnp.asarray(data["x_val"]), "y": jnp.asarray(data["y_val"])}
 
         def eval_fn(state):
-            heads = predict(state, x_val)
-            per_example = jax.vmap(lambda h, y: method.loss(h, {"y": y}, {}, programs.loss_cfg)[0])(
-                heads, y_val
-            )
-            return jnp.mean(per_example, axis=-1)
+            return evaluate(state, val)["loss"]
 
     result = train.fit(
         state,
@@ -172,7 +180,7 @@ def _fit(programs, role, method_name, data, constants, key, writer, name, checkp
         lambda start: input_pipeline.batches(
             arrays,
             batch_size=part.batch_size,
-            seed=config.seed,
+            seed=_seeds(config),
             start_step=start,
             population=config.num_seeds,
         ),
@@ -198,7 +206,7 @@ def _rows(method, head, kind, level, config, pred, target, extra=None):
             "head": head,
             "noise": kind,
             "level": float(level),
-            "seed": config.seed + s,
+            "seed": _seeds(config)[s],
             "rmse": float(metrics["rmse"][s]),
             "mae": float(metrics["mae"][s]),
         }
@@ -210,7 +218,7 @@ def _rows(method, head, kind, level, config, pred, target, extra=None):
     return rows
 
 
-def _train_teachers(config, programs, data, spec, key, writer, workdir, cell):
+def _train_teachers(config, programs, data, spec, writer, workdir, cell):
     """The teacher population, or with ``teacher.folds = k >= 2`` one per fold.
 
     Returns (states, folds, predict): ``folds`` is ``[S, n]`` (each training example's fold,
@@ -226,7 +234,7 @@ def _train_teachers(config, programs, data, spec, key, writer, workdir, cell):
             config.teacher.method,
             data,
             None,
-            key,
+            1,
             writer,
             f"{cell}/teacher",
             checkpoint_dir=ckpt,
@@ -234,10 +242,7 @@ def _train_teachers(config, programs, data, spec, key, writer, workdir, cell):
         return [result.state], None, predict
     n = data["x_train"].shape[1]
     folds = np.stack(
-        [
-            np.random.default_rng([config.seed + s, 17]).permutation(n) % k
-            for s in range(config.num_seeds)
-        ]
+        [np.random.default_rng([seed, 17]).permutation(n) % k for seed in _seeds(config)]
     )
     states = []
     for j in range(k):
@@ -254,7 +259,7 @@ def _train_teachers(config, programs, data, spec, key, writer, workdir, cell):
             config.teacher.method,
             fold_data,
             None,
-            jax.random.fold_in(key, j),
+            100 + j,
             writer,
             f"{cell}/teacher_fold{j}",
             checkpoint_dir=f"{ckpt}-fold{j}",
@@ -263,21 +268,28 @@ def _train_teachers(config, programs, data, spec, key, writer, workdir, cell):
     return states, folds, predict
 
 
-def run_cell(config, loss_cfg, programs, kind, level, workdir, writer):
+def run_cell(
+    config: ml_collections.ConfigDict,
+    loss_cfg: LossConfig,
+    programs: _Programs,
+    kind: str,
+    level: float,
+    workdir: str,
+    writer,
+) -> tuple[list[dict], dict | None]:
     """Teacher, store, and every student for one (noise model, level); returns rows, fits."""
     cell = f"{kind}_{level:g}"
     t0 = time.time()
     data = _cell_data(config, kind, level)
-    root = jax.random.key(config.seed)
-
-    spec = {
+    spec = {  # everything the teacher depends on (its loss may use config.loss, e.g. Huber δ)
         "dataset": config.dataset.to_dict(),
         "noise": {"kind": kind, "level": level},
-        "seeds": [config.seed, config.num_seeds],
+        "seeds": _seeds(config),
         "teacher": config.teacher.to_dict(),
+        "loss": config.loss.to_dict(),
     }
     teachers, folds, teacher_predict = _train_teachers(
-        config, programs, data, spec, jax.random.fold_in(root, 1), writer, workdir, cell
+        config, programs, data, spec, writer, workdir, cell
     )
 
     def predict_train_rows(index: np.ndarray) -> np.ndarray:
@@ -356,7 +368,8 @@ def run_cell(config, loss_cfg, programs, kind, level, workdir, writer):
     ]
 
     fits = None
-    if kind == config.fits_noise and np.isclose(level, config.fits_level):
+    # Level 0 runs once for all noise models (see run), so it draws fits for any of them.
+    if (kind == config.fits_noise or level == 0) and np.isclose(level, config.fits_level):
         grid = np.linspace(-1, 1, FIT_GRID, dtype=np.float32)[:, None]
         grid_p = np.broadcast_to(grid, (config.num_seeds, *grid.shape))
         fits = {
@@ -378,7 +391,6 @@ def run_cell(config, loss_cfg, programs, kind, level, workdir, writer):
             ),
         }
 
-    student_key = jax.random.fold_in(root, 2)  # the same initialisation for every method
     for name in config.methods:
         t1 = time.time()
         method = get_method(name)
@@ -394,7 +406,7 @@ def run_cell(config, loss_cfg, programs, kind, level, workdir, writer):
             name,
             data,
             constants,
-            student_key,
+            2,  # the same initialisation stream for every method
             writer,
             f"{cell}/{name}",
             checkpoint_dir=os.path.join(
@@ -424,11 +436,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     rows: list[dict] = []
     fits = None
     t0 = time.time()
+    clean_rows = None  # level 0 is the same run under every noise model: run it once
     for kind in config.noise:
         for level in config.noise[kind]:
-            cell_rows, cell_fits = run_cell(
-                config, loss_cfg, programs, kind, float(level), workdir, writer
-            )
+            if float(level) == 0.0 and clean_rows is not None:
+                cell_rows, cell_fits = [{**r, "noise": kind} for r in clean_rows], None
+            else:
+                cell_rows, cell_fits = run_cell(
+                    config, loss_cfg, programs, kind, float(level), workdir, writer
+                )
+            if float(level) == 0.0:
+                clean_rows = cell_rows
             rows += cell_rows
             fits = cell_fits or fits
             atomic_write_text(

@@ -1,15 +1,16 @@
-"""Batches from in-memory arrays, a pure function of (seed, step).
+"""Batches from arrays (in memory or a teacher store), a pure function of (seed, step).
 
 The batch at step ``i`` depends only on the seed and ``i``: each epoch is a fresh
 permutation drawn from ``(seed, epoch)``, so a run resumed at step ``i`` sees exactly the
-batches an uninterrupted run would, and a population (one member per seed) gets one
-independent shuffle per member. Arrays are joined by row, so teacher predictions stored by
-example index line up with their examples whatever the shuffle.
+batches an uninterrupted run would, and a population gets one independent shuffle per
+member. Arrays are joined by row: row ``i`` of every array is example ``i`` (its stable
+index), so teacher predictions stored by example index line up with their examples
+whatever the shuffle.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -22,8 +23,8 @@ def batch_indices(n: int, *, batch_size: int, seed: int, step: int, member: int 
     """Row indices ``[batch_size]`` of the batch at ``step`` (0-based) for one member.
 
     An epoch is ``n // batch_size`` batches without replacement; the last ``n % batch_size``
-    rows of each epoch's permutation wait for a later epoch (every batch has the same shape,
-    so the train step compiles once).
+    rows of each epoch's permutation are left out of that epoch (every batch has the same
+    shape, so the train step compiles once; the next epoch is a fresh permutation).
     """
     if not 1 <= batch_size <= n:
         raise ValueError(f"batch_size={batch_size} must be in [1, n={n}] (the split size)")
@@ -37,7 +38,7 @@ def batches(
     arrays: Mapping[str, np.ndarray],
     *,
     batch_size: int,
-    seed: int,
+    seed: int | Sequence[int],
     start_step: int = 0,
     population: int | None = None,
     block_steps: int = 16,
@@ -46,6 +47,9 @@ def batches(
 
     Args:
       arrays: equal-length arrays ``[n, ...]``, or with ``population`` ``[P, n, ...]``.
+      seed: the shuffle's seed; for a population, one seed per member (member ``m`` then
+        sees the batches of a single run with ``seed[m]``), or one int for all (member
+        ``m`` shuffles with ``(seed, m)``).
       population: number of members ``P``; each member gets its own shuffle.
       block_steps: rows of this many steps are gathered at once (one read of a store-backed
         array instead of one per step); the batches do not depend on it.
@@ -63,36 +67,42 @@ def batches(
         if bad:
             raise ValueError(f"population={population} but arrays have leading axes {bad}")
     n = next(iter(sizes.values()))
-    batch_indices(n, batch_size=batch_size, seed=seed, step=0)  # validates batch_size
+    if not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size={batch_size} must be in [1, n={n}] (the split size)")
+    if np.ndim(seed) == 0:
+        members = [(int(seed), m) for m in range(population or 1)]
+    else:
+        members = [(int(s), 0) for s in seed]
+        if len(members) != (population or 1):
+            raise ValueError(f"{len(members)} seeds for a population of {population or 1}")
     if block_steps < 1:
         raise ValueError(f"block_steps must be >= 1, got {block_steps}")
-    return _batches(arrays, n, batch_size, seed, start_step, population, block_steps)
+    return _batches(arrays, n, batch_size, members, start_step, population, block_steps)
 
 
-def _batches(arrays, n, batch_size, seed, start_step, population, block_steps):
+def _batches(arrays, n, batch_size, members, start_step, population, block_steps):
     per_epoch = n // batch_size
-    members = range(population or 1)
     perms: dict[tuple[int, int], np.ndarray] = {}
 
-    def indices(member: int, step: int) -> np.ndarray:
+    def indices(m: int, step: int) -> np.ndarray:
         epoch, pos = divmod(step, per_epoch)
-        if (member, epoch) not in perms:
+        if (m, epoch) not in perms:
             if len(perms) > 2 * len(members):
                 perms.clear()  # keeps memory bounded; permutations are cheap to redraw
-            perms[(member, epoch)] = _permutation(seed, member, epoch, n)
-        return perms[(member, epoch)][pos * batch_size : (pos + 1) * batch_size]
+            perms[(m, epoch)] = _permutation(*members[m], epoch, n)
+        return perms[(m, epoch)][pos * batch_size : (pos + 1) * batch_size]
 
     step = start_step
     while True:
         # One gather for several steps: a store-backed array pays its per-read overhead once.
         idx = {
             m: np.concatenate([indices(m, s) for s in range(step, step + block_steps)])
-            for m in members
+            for m in range(len(members))
         }
         if population is None:
             block = {k: np.asarray(v[idx[0]]) for k, v in arrays.items()}
         else:
-            block = {k: np.stack([v[m, idx[m]] for m in members]) for k, v in arrays.items()}
+            block = {k: np.stack([v[m, idx[m]] for m in idx]) for k, v in arrays.items()}
         for i in range(block_steps):
             rows = slice(i * batch_size, (i + 1) * batch_size)
             yield {k: b[rows] if population is None else b[:, rows] for k, b in block.items()}

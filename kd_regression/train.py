@@ -36,6 +36,7 @@ __all__ = [
     "init_population",
     "init_state",
     "loss_constants",
+    "make_eval_step",
     "make_predict_fn",
     "make_train_step",
     "make_writer",
@@ -144,6 +145,28 @@ def make_train_step(
     return train_step
 
 
+def make_eval_step(
+    graphdef: nnx.GraphDef,
+    method: Method | str,
+    loss_config: LossConfig | None = None,
+) -> Callable[[TrainState, Batch], Metrics]:
+    """A pure ``(state, batch) -> metrics`` step in inference mode (no dropout, no update).
+
+    ``metrics["loss"]`` is the method's mean loss on the batch (e.g. a teacher's validation
+    loss on the noisy validation labels, the early-stopping signal), plus the method's own
+    batch metrics.
+    """
+    method = get_method(method) if isinstance(method, str) else method
+    cfg = loss_config or LossConfig()
+
+    def eval_step(state: TrainState, batch: Batch) -> Metrics:
+        heads = nnx.merge(graphdef, state.params, state.model_state)(batch["x"], deterministic=True)
+        per_example, aux = method.loss(heads, batch, state.constants, cfg)
+        return {"loss": jnp.mean(per_example), **aux}
+
+    return eval_step
+
+
 def make_predict_fn(graphdef: nnx.GraphDef) -> Callable[[TrainState, jax.Array], Heads]:
     """A pure ``(state, x) -> heads`` function in inference mode (no dropout)."""
 
@@ -227,7 +250,7 @@ class _JsonlWriter:
         self._file.close()
 
 
-def make_writer(logdir: str | None):
+def make_writer(logdir: str | None) -> Any:
     """CLU metric writers: a readable log, TensorBoard events and ``metrics.jsonl`` in logdir.
 
     Only process 0 writes files; other processes only log.
@@ -280,7 +303,7 @@ def fit(
     eval_fn: Callable[[TrainState], jax.Array] | None = None,
     eval_every: int = 100,
     patience: int | None = None,
-    writer=None,
+    writer: Any = None,
     checkpoint_dir: str | None = None,
     checkpoint_every: int | None = None,
     log_every: int = 100,
@@ -335,66 +358,70 @@ def fit(
             start = int(manager.latest_step())
             logging.info("%s: resumed from checkpoint at step %d", name, start)
 
-    window: list[Metrics] = []
-    step = start
-    t0 = time.time()
-    steps = range(start + 1, num_steps + 1) if not stopped else range(0)
-    for step, batch in zip(steps, batches(start), strict=False):
-        state, metrics = train_step(state, batch)
-        window.append(metrics)
-        if step % log_every == 0 or step == num_steps:
-            scalars = _summarise(window, step - len(window) + 1)
-            window = []
-            if writer is not None:
-                writer.write_scalars(step, {f"{name}/{k}": v for k, v in scalars.items()})
-            rate = (step - start) / max(time.time() - t0, 1e-9)
-            logging.info(
-                "%s: step %d/%d, %.0f steps/s, ETA %.0fs, loss %.4g",
-                name,
-                step,
-                num_steps,
-                rate,
-                (num_steps - step) / rate,
-                scalars["loss"],
-            )
-        if eval_fn is not None and (step % eval_every == 0 or step == num_steps):
-            if window:  # no evaluation of a state that went non-finite; keep it for the log
-                _summarise(window, step - len(window) + 1)
-            val = np.asarray(jax.device_get(eval_fn(state)), np.float64)
-            if best_val is None:
-                best_val, best_step = np.full_like(val, np.inf), np.zeros(val.shape, np.int64)
-            improved = val < best_val
-            best = _select_members(improved, state, state if best is None else best)
-            best_val = np.where(improved, val, best_val)
-            best_step = np.where(improved, step, best_step)
-            since_best = 0 if improved.any() else since_best + 1
-            if writer is not None:
-                writer.write_scalars(step, {f"{name}/val_loss": float(np.mean(val))})
-            stopped = patience is not None and since_best >= patience
-        if manager is not None and (step % checkpoint_every == 0 or step == num_steps or stopped):
-            aux = _aux_template(state)
-            aux.update(since_best=since_best, stopped=stopped)
-            if best_val is not None:
-                aux.update(best_val=best_val, best_step=best_step)
-            manager.save(
-                step,
-                args=ocp.args.StandardSave(
-                    {"state": state, "best": state if best is None else best, "aux": aux}
-                ),
-            )
-        if stopped:
-            logging.info("%s: early stop at step %d (best %s)", name, step, best_step)
-            break
-    if window:
-        _summarise(window, step - len(window) + 1)
-    if manager is not None:
-        manager.wait_until_finished()
-        manager.close()
-    if writer is not None:
-        writer.flush()
-    logging.info("%s: %d steps in %.1fs", name, step - start, time.time() - t0)
-    final = best if eval_fn is not None else state
-    return FitResult(final, state, best_val, best_step, step)
+    try:
+        window: list[Metrics] = []
+        step = start
+        t0 = time.time()
+        steps = range(start + 1, num_steps + 1) if not stopped else range(0)
+        for step, batch in zip(steps, batches(start), strict=False):
+            state, metrics = train_step(state, batch)
+            window.append(metrics)
+            if step % log_every == 0 or step == num_steps:
+                scalars = _summarise(window, step - len(window) + 1)
+                window = []
+                if writer is not None:
+                    writer.write_scalars(step, {f"{name}/{k}": v for k, v in scalars.items()})
+                rate = (step - start) / max(time.time() - t0, 1e-9)
+                logging.info(
+                    "%s: step %d/%d, %.0f steps/s, ETA %.0fs, loss %.4g",
+                    name,
+                    step,
+                    num_steps,
+                    rate,
+                    (num_steps - step) / rate,
+                    scalars["loss"],
+                )
+            if eval_fn is not None and (step % eval_every == 0 or step == num_steps):
+                if window:  # no evaluation of a state that went non-finite; keep it for the log
+                    _summarise(window, step - len(window) + 1)
+                val = np.asarray(jax.device_get(eval_fn(state)), np.float64)
+                if best_val is None:
+                    best_val, best_step = np.full_like(val, np.inf), np.zeros(val.shape, np.int64)
+                improved = val < best_val
+                best = _select_members(improved, state, state if best is None else best)
+                best_val = np.where(improved, val, best_val)
+                best_step = np.where(improved, step, best_step)
+                since_best = 0 if improved.any() else since_best + 1
+                if writer is not None:
+                    writer.write_scalars(step, {f"{name}/val_loss": float(np.mean(val))})
+                stopped = patience is not None and since_best >= patience
+            if manager is not None and (
+                step % checkpoint_every == 0 or step == num_steps or stopped
+            ):
+                aux = _aux_template(state)
+                aux.update(since_best=since_best, stopped=stopped)
+                if best_val is not None:
+                    aux.update(best_val=best_val, best_step=best_step)
+                manager.save(
+                    step,
+                    args=ocp.args.StandardSave(
+                        {"state": state, "best": state if best is None else best, "aux": aux}
+                    ),
+                )
+            if stopped:
+                logging.info("%s: early stop at step %d (best %s)", name, step, best_step)
+                break
+        if window:
+            _summarise(window, step - len(window) + 1)
+        if writer is not None:
+            writer.flush()
+        logging.info("%s: %d steps in %.1fs", name, step - start, time.time() - t0)
+        final = best if eval_fn is not None else state
+        return FitResult(final, state, best_val, best_step, step)
+    finally:  # a crash must not leave an asynchronous checkpoint save half done
+        if manager is not None:
+            manager.wait_until_finished()
+            manager.close()
 
 
 def _select_members(mask: np.ndarray, new: Any, old: Any) -> Any:

@@ -126,3 +126,67 @@ def test_cli_overrides_and_config_errors(tmp_path):
     assert done.returncode != 0
     assert "no_such_method" in done.stderr and "tor_multitask" in done.stderr
     assert not (tmp_path / "bad").exists()  # refused before any work
+
+
+def _small_config(**overrides):
+    config = sinusoid_config.get_config("quick")
+    config.noise = {"outliers": [0.3]}
+    config.methods = ["scratch_l2", "tor_multitask"]
+    config.teacher.method = "scratch_huber"
+    for key, value in overrides.items():
+        node, *path = key.split(".")
+        target = config if not path else config[node]
+        setattr(target, path[-1] if path else node, value)
+    return config
+
+
+def test_config_exposes_every_loss_option():
+    import dataclasses
+
+    from kd_regression.methods import LossConfig
+
+    config = sinusoid_config.get_config()
+    assert set(config.loss) == {f.name for f in dataclasses.fields(LossConfig)}
+
+
+def test_seed_rows_are_reproduced_by_a_run_with_that_seed_alone(quick_run, tmp_path):
+    _, _, rows = quick_run
+    config = sinusoid_config.get_config("quick")
+    config.noise = {"outliers": [0.3]}
+    config.methods = ["tor_multitask"]
+    config.seed, config.num_seeds = 1, 1
+    alone = sweep.run(config, str(tmp_path))
+    expected = [
+        r
+        for r in rows
+        if r["seed"] == 1
+        and r["noise"] == "outliers"
+        and r["level"] == 0.3
+        and r["method"] in ("teacher", "tor_multitask")
+    ]
+    # Equal up to float rounding: a population of 1 and of 2 compile to different programs.
+    assert len(alone) == len(expected)
+    for got, want in zip(alone, expected, strict=True):
+        assert {k: v for k, v in got.items() if not isinstance(v, float)} == {
+            k: v for k, v in want.items() if not isinstance(v, float)
+        }
+        for k, v in want.items():
+            if isinstance(v, float):
+                assert math.isclose(got[k], v, rel_tol=1e-5), (k, got, want)
+
+
+def test_rerun_resumes_and_a_changed_config_does_not(tmp_path):
+    first = sweep.run(_small_config(), str(tmp_path))
+    teacher_dirs = lambda: sorted(  # noqa: E731
+        d for d in os.listdir(tmp_path / "checkpoints" / "outliers_0.3") if d.startswith("teacher")
+    )
+    assert len(teacher_dirs()) == 1
+    assert sweep.run(_small_config(), str(tmp_path)) == first  # resumed, same numbers
+    assert len(teacher_dirs()) == 1
+    # The Huber teacher's loss depends on loss.huber_delta: a new value is a new teacher.
+    changed = sweep.run(_small_config(**{"loss.huber_delta": 1.0}), str(tmp_path))
+    assert len(teacher_dirs()) == 2
+    teacher = [r["rmse"] for r in changed if r["method"] == "teacher"]
+    assert teacher != [r["rmse"] for r in first if r["method"] == "teacher"]
+    fresh = sweep.run(_small_config(**{"loss.huber_delta": 1.0}), str(tmp_path / "fresh"))
+    assert changed == fresh

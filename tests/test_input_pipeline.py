@@ -135,3 +135,18 @@ def test_batches_stream_from_a_teacher_store(tmp_path, population):
     in_memory = input_pipeline.batches({"teacher": teacher}, **kwargs)
     for _ in range(25):  # several epochs
         np.testing.assert_array_equal(next(from_disk)["teacher"], next(in_memory)["teacher"])
+
+
+def test_population_member_with_its_own_seed_matches_a_single_run():
+    x = np.arange(40, dtype=np.float32).reshape(20, 2)
+    seeds = [7, 11, 3]
+    pop = input_pipeline.batches(
+        {"x": np.stack([x] * 3)}, batch_size=4, seed=seeds, population=3, start_step=2
+    )
+    singles = [input_pipeline.batches({"x": x}, batch_size=4, seed=s, start_step=2) for s in seeds]
+    for _ in range(12):
+        got = next(pop)["x"]
+        for m, single in enumerate(singles):
+            np.testing.assert_array_equal(got[m], next(single)["x"])
+    with pytest.raises(ValueError, match="2 seeds for a population of 3"):
+        input_pipeline.batches({"x": np.stack([x] * 3)}, batch_size=4, seed=[1, 2], population=3)

@@ -74,13 +74,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "tor",
         "tor_multitask",
     )
-    # losses.LossConfig fields; threshold rule for TOR: median + k·MAD of the residuals.
+    # Every kd_regression.methods.LossConfig field (defaults are ours, see its docstring).
+    # TOR's δ: median + k·1.4826·MAD of the teacher's training residuals.
     config.loss = ml_collections.ConfigDict()
-    config.loss.threshold_method = "mad"
+    config.loss.threshold_method = "mad"  # "mad", "quantile" (threshold_q), "fixed"
     config.loss.threshold_k = 3.0
-    config.loss.rejection = "drop"
-    config.loss.multitask_weight = 1.0
-    config.loss.huber_delta = 0.1
+    config.loss.threshold_q = 0.9
+    config.loss.threshold_value = ml_collections.config_dict.placeholder(float)  # "fixed"
+    config.loss.rejection = "drop"  # what a rejected example learns: "drop" or "teacher"
+    config.loss.multitask_weight = 1.0  # λ of the two-head student's teacher head
+    config.loss.huber_delta = 0.1  # scratch_huber (and a Huber teacher)
+    config.loss.mix_alpha = 0.5  # kd_mix: weight of the label term
+    config.loss.bounded_margin = 0.0  # Chen et al. 2017: m
+    config.loss.bounded_weight = 1.0  # Chen et al. 2017: ν
+    config.loss.ail_alpha = 0.5  # Saputra et al. 2019: α
+    config.loss.ail_clip = True  # clip Φ to [0, 1] (ours)
 
     # Which head of the two-head student is "the" prediction (ours; both are reported).
     config.inference_head = "label"
