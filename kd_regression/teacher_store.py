@@ -323,8 +323,12 @@ def compute(
         )
     try:
         return open_store(directory, fingerprint)
-    except (StoreNotFoundError, StoreMismatchError, StoreCorruptError):
-        pass
+    except StoreCorruptError as e:
+        # Range markers may vouch for the damaged chunk: start this store over.
+        logging.warning("%s; recomputing the store", e)
+        shutil.rmtree(directory)
+    except (StoreNotFoundError, StoreMismatchError):
+        pass  # a new store, or another one (prepare replaces it), or an unfinished write
     prepare(directory, shape=out_shape, fingerprint=fingerprint, chunk_rows=chunk_rows)
     mine = missing_ranges(directory)[process_index::process_count]
     t0, done = time.time(), 0

@@ -223,3 +223,12 @@ def test_compute_reuses_a_complete_store(tmp_path):
     for _ in range(2):
         teacher_store.compute(str(tmp_path), predict, fingerprint={"f": 1}, out_shape=(10, 1))
     assert calls == [10]
+
+
+def test_compute_replaces_a_damaged_store(tmp_path):
+    x = np.arange(24, dtype=np.float32).reshape(12, 2)
+    kwargs = dict(fingerprint={"f": 1}, out_shape=x.shape, chunk_rows=4)
+    teacher_store.compute(str(tmp_path), lambda i: x[i], **kwargs)
+    os.remove(_chunk_files(str(tmp_path))[1])
+    store = teacher_store.compute(str(tmp_path), lambda i: x[i], **kwargs)
+    np.testing.assert_array_equal(store.load(), x)
