@@ -119,6 +119,114 @@ class ConvTrunk(nnx.Module):
         return x.mean(axis=(1, 2))
 
 
+class _ConvBN(nnx.Module):
+    """Convolution (no bias), batch norm, optional activation; the CNNs' building block.
+
+    Batch statistics update in training (``deterministic=False``) and are used frozen at
+    inference; they live in the model's non-parameter state, which the train step carries.
+    """
+
+    def __init__(self, cin, cout, *, kernel=3, stride=1, groups=1, act=True, rngs):
+        self.conv = nnx.Conv(
+            cin,
+            cout,
+            kernel_size=(kernel, kernel),
+            strides=(stride, stride),
+            feature_group_count=groups,
+            use_bias=False,
+            rngs=rngs,
+        )
+        self.norm = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
+        self.act = act
+
+    def __call__(self, x, deterministic):
+        x = self.norm(self.conv(x), use_running_average=deterministic)
+        return nnx.relu(x) if self.act else x
+
+
+class _BasicBlock(nnx.Module):
+    """ResNet basic block: two 3×3 conv-BN, identity (or 1×1 projection) shortcut."""
+
+    def __init__(self, cin, cout, stride, *, rngs):
+        self.a = _ConvBN(cin, cout, stride=stride, rngs=rngs)
+        self.b = _ConvBN(cout, cout, act=False, rngs=rngs)
+        self.proj = (
+            _ConvBN(cin, cout, kernel=1, stride=stride, act=False, rngs=rngs)
+            if stride != 1 or cin != cout
+            else None
+        )
+
+    def __call__(self, x, deterministic):
+        shortcut = x if self.proj is None else self.proj(x, deterministic)
+        return nnx.relu(self.b(self.a(x, deterministic), deterministic) + shortcut)
+
+
+class _SeparableBlock(nnx.Module):
+    """MobileNet-style block: 3×3 depthwise conv-BN-ReLU, then 1×1 pointwise conv-BN-ReLU."""
+
+    def __init__(self, cin, cout, stride, *, rngs):
+        self.depthwise = _ConvBN(cin, cin, stride=stride, groups=cin, rngs=rngs)
+        self.pointwise = _ConvBN(cin, cout, kernel=1, rngs=rngs)
+
+    def __call__(self, x, deterministic):
+        return self.pointwise(self.depthwise(x, deterministic), deterministic)
+
+
+class _StagedCNN(nnx.Module):
+    """A 3×3 conv-BN stem, then one block per stage (stride 2 after the first stage), then
+    global average pooling: ``[batch, H, W, C] -> [batch, widths[-1]]``."""
+
+    def __init__(self, block, in_channels, stem, widths, blocks_per_stage, *, rngs):
+        if in_channels < 1 or stem < 1 or not widths or min(widths) < 1 or blocks_per_stage < 1:
+            raise ValueError(
+                f"need positive in_channels, stem, widths and blocks_per_stage, got "
+                f"{in_channels}, {stem}, {list(widths)}, {blocks_per_stage}"
+            )
+        self.stem = _ConvBN(in_channels, stem, rngs=rngs)
+        layers, cin = [], stem
+        for i, width in enumerate(widths):
+            for j in range(blocks_per_stage):
+                stride = 2 if i > 0 and j == 0 else 1
+                layers.append(block(cin, width, stride, rngs=rngs))
+                cin = width
+        self.blocks = nnx.List(layers)
+        self.out_features = cin
+
+    def __call__(
+        self, x: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None
+    ) -> jax.Array:
+        if x.ndim != 4:
+            raise ValueError(f"expected [batch, H, W, C] images, got shape {x.shape}")
+        x = self.stem(x, deterministic)
+        for block in self.blocks:
+            x = block(x, deterministic)
+        return x.mean(axis=(1, 2))
+
+
+def resnet_trunk(
+    in_channels: int,
+    widths: Sequence[int] = (16, 32, 64),
+    *,
+    stem: int = 16,
+    blocks_per_stage: int = 2,
+    rngs: nnx.Rngs,
+) -> nnx.Module:
+    """A small ResNet (basic blocks, batch norm): the image teacher's trunk."""
+    return _StagedCNN(_BasicBlock, in_channels, stem, widths, blocks_per_stage, rngs=rngs)
+
+
+def mobilenet_trunk(
+    in_channels: int,
+    widths: Sequence[int] = (16, 32, 64),
+    *,
+    stem: int = 8,
+    blocks_per_stage: int = 1,
+    rngs: nnx.Rngs,
+) -> nnx.Module:
+    """A MobileNet-like trunk (depthwise-separable blocks, batch norm): the image student's."""
+    return _StagedCNN(_SeparableBlock, in_channels, stem, widths, blocks_per_stage, rngs=rngs)
+
+
 class Regressor(nnx.Module):
     """A trunk followed by one linear output head named ``"main"``."""
 
@@ -182,6 +290,39 @@ def cnn(
     trunk = ConvTrunk(in_channels, channels, activation=activation, rngs=rngs)
     head_cls = TwoHeadStudent if two_heads else Regressor
     return head_cls(trunk, out_features, rngs=rngs)
+
+
+def image_regressor(
+    trunk: str,
+    in_channels: int,
+    widths: Sequence[int],
+    out_features: int,
+    *,
+    two_heads: bool = False,
+    rngs: nnx.Rngs,
+    **trunk_kwargs,
+) -> Regressor | TwoHeadStudent:
+    """``trunk`` ``'resnet'`` (teacher) or ``'mobilenet'`` (student) with one or two heads."""
+    builders = {"resnet": resnet_trunk, "mobilenet": mobilenet_trunk}
+    if trunk not in builders:
+        raise ValueError(f"trunk={trunk!r} is not one of {sorted(builders)}")
+    body = builders[trunk](in_channels, widths, rngs=rngs, **trunk_kwargs)
+    head_cls = TwoHeadStudent if two_heads else Regressor
+    return head_cls(body, out_features, rngs=rngs)
+
+
+def flops_per_example(model: nnx.Module, input_shape: Sequence[int]) -> float:
+    """Inference FLOPs for one example of ``input_shape`` (no batch axis), as counted by
+    XLA's cost analysis of the compiled forward pass on a batch of 8 (divided by 8)."""
+    graphdef, state = nnx.split(model)
+    x = jax.ShapeDtypeStruct((8, *input_shape), jax.numpy.float32)
+
+    def forward(state, x):
+        return nnx.merge(graphdef, state)(x, deterministic=True)
+
+    cost = jax.jit(forward).lower(state, x).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float(cost["flops"]) / 8
 
 
 def param_count(params: nnx.State) -> int:

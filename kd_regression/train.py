@@ -123,13 +123,17 @@ def make_train_step(
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         step_rng = jax.random.fold_in(state.rng, state.step)
 
-        def loss_fn(params):
-            model = nnx.merge(graphdef, params, state.model_state)
+        def loss_fn(params, model_state):
+            # copy=True: fresh variables in this trace, so the forward pass may update the
+            # model state (batch statistics); NNX refuses to mutate variables of another trace.
+            model = nnx.merge(graphdef, params, model_state, copy=True)
             heads = model(batch["x"], deterministic=False, rngs=nnx.Rngs(dropout=step_rng))
             per_example, aux = method.loss(heads, batch, state.constants, cfg)
             return jnp.mean(per_example), (aux, nnx.state(model, nnx.Not(nnx.Param)))
 
-        (loss, (aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.model_state
+        )
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

@@ -129,3 +129,40 @@ def test_cnn_heads_and_shapes(two_heads):
         model(np.ones((3, 36), np.float32))
     with pytest.raises(ValueError, match="channels"):
         models.ConvTrunk(1, [], rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("trunk", ["resnet", "mobilenet"])
+@pytest.mark.parametrize("two_heads", [False, True])
+def test_image_regressors(trunk, two_heads):
+    model = models.image_regressor(trunk, 1, (8, 16), 2, two_heads=two_heads, rngs=nnx.Rngs(0))
+    heads = model(np.ones((3, 25, 25, 1), np.float32))
+    assert set(heads) == ({"label", "teacher"} if two_heads else {"main"})
+    assert all(h.shape == (3, 2) for h in heads.values())
+    with pytest.raises(ValueError, match="H, W, C"):
+        model(np.ones((3, 25), np.float32))
+
+
+def test_teacher_is_much_larger_than_student():
+    teacher = models.image_regressor("resnet", 1, (16, 32, 64), 2, rngs=nnx.Rngs(0))
+    student = models.image_regressor("mobilenet", 1, (16, 32, 64), 2, rngs=nnx.Rngs(0))
+    t_params = models.param_count(nnx.state(teacher, nnx.Param))
+    s_params = models.param_count(nnx.state(student, nnx.Param))
+    t_flops = models.flops_per_example(teacher, (25, 25, 1))
+    s_flops = models.flops_per_example(student, (25, 25, 1))
+    assert s_params > 0 and t_params > 10 * s_params
+    assert s_flops > 0 and t_flops > 10 * s_flops
+
+
+def test_flops_of_a_linear_layer():
+    # One dense layer [4 -> 3] with bias: 4*3 multiply-adds (2 FLOPs each) + 3 adds, or so;
+    # XLA counts 2*4*3 for the dot; the bias add brings a few more.
+    model = models.Regressor(models.MLPTrunk(4, [3], rngs=nnx.Rngs(0)), 1, rngs=nnx.Rngs(0))
+    flops = models.flops_per_example(model, (4,))
+    assert 2 * (4 * 3 + 3 * 1) <= flops <= 2 * (4 * 3 + 3 * 1) + 20
+
+
+def test_bad_image_trunks():
+    with pytest.raises(ValueError, match="trunk"):
+        models.image_regressor("vgg", 1, (8,), 2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="positive"):
+        models.resnet_trunk(1, (), rngs=nnx.Rngs(0))

@@ -536,3 +536,19 @@ def test_fit_writes_metrics(tmp_path):
     assert rows[5]["student/val_loss"] == 0.75
     assert {"student/loss", "student/grad_norm"} <= set(rows[2])
     assert "student/finite" not in rows[2]
+
+
+def test_batch_norm_statistics_train_and_freeze():
+    model_fn = functools.partial(models.image_regressor, "mobilenet", 1, (4, 8), 2)
+    graphdef, state = train.init_state(model_fn, TX, jax.random.key(0))
+    step = jax.jit(train.make_train_step(graphdef, TX, "scratch_l2"))
+    x = jax.random.uniform(jax.random.key(1), (8, 25, 25, 1)) + 1.0
+    new, metrics = step(state, {"x": x, "y": jnp.zeros((8, 2))})
+    assert bool(metrics["finite"])
+    assert not _trees_equal(new.model_state, state.model_state)  # statistics moved
+    # At inference the running statistics are used: an example's prediction does not
+    # depend on the rest of its batch.
+    predict = jax.jit(train.make_predict_fn(graphdef))
+    alone = predict(new, x[:1])["main"]
+    batched = predict(new, x)["main"][:1]
+    np.testing.assert_allclose(alone, batched, rtol=1e-5, atol=1e-6)
