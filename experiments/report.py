@@ -77,9 +77,13 @@ def _table(cells: dict, labels: list[str], levels: list[float], *, mark_best: bo
     return lines
 
 
-def summary_markdown(rows: list[dict], *, elapsed_s: float | None = None) -> str:
+def summary_markdown(
+    rows: list[dict], *, elapsed_s: float | None = None, setup: str | None = None
+) -> str:
     rmse = aggregate(rows, "rmse")
     lines = ["# Noise sweep summary", ""]
+    if setup:
+        lines += [setup, ""]
     if elapsed_s is not None:
         lines += [f"Sweep time: {elapsed_s:.0f} s.", ""]
     seeds = sorted({r["seed"] for r in rows})
@@ -167,10 +171,16 @@ def plot_fits(fits: dict, path: str) -> None:
     plt.close(fig)
 
 
-def write_all(rows, fits, workdir, *, elapsed_s=None) -> None:
-    atomic_write_text(
-        os.path.join(workdir, "summary.md"), summary_markdown(rows, elapsed_s=elapsed_s)
-    )
+def write_all(
+    rows: list[dict],
+    fits: dict | None,
+    workdir: str,
+    *,
+    elapsed_s: float | None = None,
+    setup: str | None = None,
+) -> None:
+    text = summary_markdown(rows, elapsed_s=elapsed_s, setup=setup)
+    atomic_write_text(os.path.join(workdir, "summary.md"), text)
     plot_noise_sweep(rows, os.path.join(workdir, "noise_sweep.png"))
     if fits is not None:
         plot_fits(fits, os.path.join(workdir, "fits.png"))

@@ -281,12 +281,15 @@ def run_cell(
     cell = f"{kind}_{level:g}"
     t0 = time.time()
     data = _cell_data(config, kind, level)
-    spec = {  # everything the teacher depends on (its loss may use config.loss, e.g. Huber δ)
-        "dataset": config.dataset.to_dict(),
+    teacher_cfg = {k: v for k, v in config.teacher.to_dict().items() if k != "checkpoint_every"}
+    spec = {  # everything the teacher depends on, and nothing else
+        "dataset": {**config.dataset.to_dict(), "version": sinusoid.VERSION},
         "noise": {"kind": kind, "level": level},
         "seeds": _seeds(config),
-        "teacher": config.teacher.to_dict(),
-        "loss": config.loss.to_dict(),
+        "teacher": teacher_cfg,
+        "teacher_loss": {"huber_delta": config.loss.huber_delta}
+        if config.teacher.method == "scratch_huber"
+        else {},
     }
     teachers, folds, teacher_predict = _train_teachers(
         config, programs, data, spec, writer, workdir, cell
@@ -455,6 +458,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
             )
     elapsed = time.time() - t0
     writer.close()
-    report.write_all(rows, fits, workdir, elapsed_s=elapsed)
+    setup = (
+        f"Teacher: {config.teacher.method}, "
+        + (
+            f"out-of-fold predictions from {config.teacher.folds} fold teachers"
+            if config.teacher.folds
+            else "predictions on its own training split"
+        )
+        + f"; TOR threshold: {loss_cfg.threshold_method}."
+    )
+    report.write_all(rows, fits, workdir, elapsed_s=elapsed, setup=setup)
     print(f"sweep finished in {elapsed:.1f}s; results in {workdir}", flush=True)
     return rows

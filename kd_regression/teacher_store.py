@@ -23,9 +23,11 @@ AIL's η), so students never recompute them per batch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -70,8 +72,14 @@ def _jsonable(value: Any) -> Any:
 
 
 def _read_json(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError covers JSON and UTF-8 decoding errors
+        raise StoreCorruptError(f"{path} is unreadable: {e}") from e
+    if not isinstance(value, dict):
+        raise StoreCorruptError(f"{path} is not a JSON object")
+    return value
 
 
 def _differences(expected: Mapping, stored: Mapping) -> list[str]:
@@ -83,6 +91,13 @@ def _spec(directory: str) -> dict:
         "driver": "zarr3",
         "kvstore": {"driver": "file", "path": os.path.join(directory, ARRAY)},
     }
+
+
+def _open_array(directory: str, **kwargs) -> ts.TensorStore:
+    try:
+        return ts.open(_spec(directory), **kwargs).result()
+    except ValueError as e:  # tensorstore's errors for unreadable metadata or files
+        raise StoreCorruptError(f"{directory}: cannot open {ARRAY}: {e}") from e
 
 
 def _chunk_ranges(n: int, chunk_rows: int) -> list[tuple[int, int]]:
@@ -114,31 +129,70 @@ def prepare(
         "chunk_rows": int(chunk_rows),
         "library_version": __version__,
     }
-    pending_path = os.path.join(directory, PENDING)
-    if os.path.exists(pending_path) and _read_json(pending_path) == pending:
+    if _pending_or_none(directory) == pending:
         return
-    if os.path.exists(directory):
-        shutil.rmtree(directory)
-    os.makedirs(os.path.join(directory, RANGES))
-    chunk = [*shape[:-2], min(chunk_rows, shape[-2]), shape[-1]]
-    ts.open(
-        {
-            **_spec(directory),
-            "metadata": {
-                "shape": list(shape),
-                "data_type": pending["dtype"],
-                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk}},
-                # NaN marks "never written" for any reader that skips our chunk check.
-                "fill_value": float("nan"),
-                "codecs": [
-                    {"name": "bytes", "configuration": {"endian": "little"}},
-                    {"name": "crc32c"},
-                ],
-            },
-            "create": True,
-        }
-    ).result()
-    atomic_write_text(pending_path, json.dumps(pending, indent=2))
+    # Built under a temporary name and renamed into place, so concurrent first calls from
+    # several processes end with one store, never a mix of two.
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(directory) + ".tmp-")
+    try:
+        os.makedirs(os.path.join(tmp, RANGES))
+        chunk = [*shape[:-2], min(chunk_rows, shape[-2]), shape[-1]]
+        ts.open(
+            {
+                **_spec(tmp),
+                "metadata": {
+                    "shape": list(shape),
+                    "data_type": pending["dtype"],
+                    "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk}},
+                    # NaN marks "never written" for a reader that skips our chunk check.
+                    "fill_value": float("nan"),
+                    "codecs": [
+                        {"name": "bytes", "configuration": {"endian": "little"}},
+                        {"name": "crc32c"},
+                    ],
+                },
+                "create": True,
+            }
+        ).result()
+        atomic_write_text(os.path.join(tmp, PENDING), json.dumps(pending, indent=2))
+        while True:
+            try:
+                os.rename(tmp, directory)  # atomic; fails if a non-empty directory is there
+                return
+            except OSError:
+                if _pending_or_none(directory) == pending:
+                    return  # another process created the same store first
+                _discard(directory)  # an older store or another layout
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _discard(directory: str) -> None:
+    """Removes a store (complete, pending or damaged), but nothing that is not one."""
+    if not os.path.exists(directory):
+        return
+    entries = set(os.listdir(directory))
+    if entries - {ARRAY, PENDING, RANGES, MANIFEST}:
+        raise StoreError(
+            f"{directory} holds files that are not part of a teacher store "
+            f"({sorted(entries - {ARRAY, PENDING, RANGES, MANIFEST})[:5]}); refusing to "
+            "replace it"
+        )
+    trash = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(directory)), prefix=".trash-")
+    try:
+        os.rename(directory, os.path.join(trash, "store"))  # atomic: readers never see half
+    except FileNotFoundError:
+        pass  # another process moved it first
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _pending_or_none(directory: str) -> dict | None:
+    try:
+        return _pending(directory)
+    except (StoreNotFoundError, StoreCorruptError):
+        return None
 
 
 def _pending(directory: str) -> dict:
@@ -154,13 +208,17 @@ def _marker(directory: str, start: int, stop: int) -> str:
     return os.path.join(directory, RANGES, f"{start}-{stop}.done")
 
 
-def missing_ranges(directory: str) -> list[tuple[int, int]]:
-    """The chunk-sized row ranges of a pending store that are not written yet."""
+def missing_ranges(
+    directory: str, *, process_index: int = 0, process_count: int = 1
+) -> list[tuple[int, int]]:
+    """Chunk-sized row ranges of a pending store not written yet; with ``process_count``,
+    only those of writer ``process_index`` (every ``process_count``-th chunk of the store,
+    a fixed assignment, so writers never share a range whenever they start)."""
     pending = _pending(directory)
-    n = pending["shape"][-2]
+    ranges = _chunk_ranges(pending["shape"][-2], pending["chunk_rows"])
     return [
         r
-        for r in _chunk_ranges(n, pending["chunk_rows"])
+        for r in ranges[process_index::process_count]
         if not os.path.exists(_marker(directory, *r))
     ]
 
@@ -180,10 +238,41 @@ def write_range(directory: str, start: int, predictions: np.ndarray) -> None:
         raise ValueError(f"rows [{start}, {stop}) are not aligned to chunks of {chunk_rows} rows")
     if not np.isfinite(predictions).all():
         raise ValueError(f"teacher predictions for rows [{start}, {stop}) are not all finite")
-    array = ts.open(_spec(directory)).result()
+    array = _open_array(directory)
     array[..., start:stop, :].write(np.asarray(predictions, pending["dtype"])).result()
     for s, e in _chunk_ranges(stop - start, chunk_rows):
         atomic_write_text(_marker(directory, start + s, start + e), "")
+
+
+def _chunk_path(directory: str, ndim: int, chunk: int) -> str:
+    # zarr v3 default chunk keys: c/<i>/<j>/...; only the row axis has more than one chunk.
+    parts = ["0"] * (ndim - 2) + [str(chunk), "0"]
+    return os.path.join(directory, ARRAY, "c", *parts)
+
+
+def _chunk_checksums(directory: str, manifest: Mapping[str, Any]) -> list[str]:
+    """Each chunk file's trailing crc32c (zarr's codec appends it): 4 bytes read per chunk.
+
+    Recorded at commit and compared at open, so a chunk file that went missing, or one
+    that was swapped with another chunk or store, is caught; tensorstore verifies each
+    chunk's bytes against that same checksum as it reads them.
+    """
+    ndim, n = len(manifest["shape"]), manifest["shape"][-2]
+    sums = []
+    for i in range(len(_chunk_ranges(n, manifest["chunk_rows"]))):
+        path = _chunk_path(directory, ndim, i)
+        try:
+            with open(path, "rb") as f:
+                f.seek(-4, os.SEEK_END)
+                sums.append(f.read(4).hex())
+        except OSError as e:
+            raise StoreCorruptError(f"{directory}: chunk {i} ({path}) is unreadable: {e}") from e
+    return sums
+
+
+def _manifest_digest(manifest: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def commit(directory: str, statistics: Mapping[str, Any] | None = None) -> dict:
@@ -195,8 +284,10 @@ def commit(directory: str, statistics: Mapping[str, Any] | None = None) -> dict:
     manifest = {
         **pending,
         "statistics": _jsonable(dict(statistics or {})),
+        "chunk_crc32c": _chunk_checksums(directory, pending),
         "committed": time.time(),
     }
+    manifest["manifest_sha256"] = _manifest_digest(manifest)  # catches edits and bit rot
     atomic_write_text(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=2))
     return manifest
 
@@ -231,62 +322,61 @@ class TeacherStore:
 
 
 def open_store(
-    directory: str, fingerprint: Mapping[str, Any], *, cache_bytes: int = 256 << 20
+    directory: str,
+    fingerprint: Mapping[str, Any],
+    *,
+    shape: Sequence[int] | None = None,
+    dtype: str | None = None,
+    cache_bytes: int = 256 << 20,
 ) -> TeacherStore:
-    """Opens a complete store made for ``fingerprint``.
+    """Opens a complete store made for ``fingerprint`` (and ``shape`` / ``dtype`` if given).
 
     ``cache_bytes`` bounds tensorstore's cache of decoded (checksum-verified) chunks, so
     shuffled reads do not decode the same chunk again and again.
 
     Raises:
       StoreNotFoundError: nothing committed in ``directory``.
-      StoreMismatchError: the stored fingerprint (or layout) differs; names the fields.
-      StoreCorruptError: a chunk file is missing.
+      StoreMismatchError: made for other inputs; the message names each differing field.
+      StoreCorruptError: the manifest or a chunk is damaged, missing or swapped.
     """
     path = os.path.join(directory, MANIFEST)
     if not os.path.exists(path):
         raise StoreNotFoundError(f"no complete teacher store in {directory} (no {MANIFEST})")
     manifest = _read_json(path)
-    expected, stored = _jsonable(dict(fingerprint)), manifest["fingerprint"]
+    if manifest.get("manifest_sha256") != _manifest_digest(manifest):
+        raise StoreCorruptError(f"{path} does not match its own checksum (edited or damaged)")
+    expected = {
+        **_jsonable(dict(fingerprint)),
+        "library_version": __version__,
+        **({"shape": list(map(int, shape))} if shape is not None else {}),
+        **({"dtype": np.dtype(dtype).name} if dtype is not None else {}),
+    }
+    stored = {
+        **manifest["fingerprint"],
+        **{k: manifest[k] for k in ("library_version", "shape", "dtype") if k in expected},
+    }
     differing = _differences(expected, stored)
     if differing:
         details = "; ".join(
             f"{k}: stored {stored.get(k)!r}, expected {expected.get(k)!r}" for k in differing
         )
         raise StoreMismatchError(f"teacher store {directory} does not match: {details}")
-    if manifest["library_version"] != __version__:
-        raise StoreMismatchError(
-            f"teacher store {directory}: library_version: stored {manifest['library_version']!r}, "
-            f"expected {__version__!r}"
-        )
-    try:
-        array = ts.open(
-            _spec(directory),
-            open=True,
-            context=ts.Context({"cache_pool": {"total_bytes_limit": cache_bytes}}),
-        ).result()
-    except ValueError as e:
-        raise StoreCorruptError(f"{directory}: cannot open {ARRAY}: {e}") from e
+    array = _open_array(
+        directory, open=True, context=ts.Context({"cache_pool": {"total_bytes_limit": cache_bytes}})
+    )
     if list(array.shape) != manifest["shape"] or array.dtype.numpy_dtype != np.dtype(
         manifest["dtype"]
     ):
-        raise StoreMismatchError(
-            f"teacher store {directory}: {ARRAY} is {list(array.shape)} {array.dtype}, "
-            f"manifest says {manifest['shape']} {manifest['dtype']}"
-        )
-    n, chunk_rows = manifest["shape"][-2], manifest["chunk_rows"]
-    expected_chunks = len(_chunk_ranges(n, chunk_rows))
-    keys = (
-        ts.KvStore.open({"driver": "file", "path": os.path.join(directory, ARRAY) + "/"})
-        .result()
-        .list()
-        .result()
-    )
-    chunks = [k for k in keys if k.startswith(b"c/")]
-    if len(chunks) != expected_chunks:
         raise StoreCorruptError(
-            f"{directory}: {len(chunks)} of {expected_chunks} chunks present; "
-            "the store is damaged, recompute it"
+            f"{directory}: {ARRAY} is {list(array.shape)} {array.dtype}, "
+            f"its manifest says {manifest['shape']} {manifest['dtype']}"
+        )
+    sums = _chunk_checksums(directory, manifest)
+    bad = [i for i, (a, b) in enumerate(zip(sums, manifest["chunk_crc32c"], strict=True)) if a != b]
+    if bad:
+        raise StoreCorruptError(
+            f"{directory}: chunks {bad[:10]} are not the chunks that were committed "
+            "(changed, truncated or swapped); recompute the store"
         )
     return TeacherStore(directory, manifest, array)
 
@@ -312,46 +402,55 @@ def compute(
         at most ``batch_size`` consecutive indices at a time.
       out_shape: the store's shape ``[..., n, d]``.
       statistics: ``predictions -> dict`` run once over the whole store at commit time.
-      process_index, process_count: this writer takes every ``process_count``-th missing
-        chunk range; only process 0 commits, once all ranges are done (it returns ``None``
-        while others are unfinished; rerun it, or call :func:`commit` later). Process 0
-        should start first: :func:`prepare` is not safe against a concurrent first call.
+      process_index, process_count: this writer fills every ``process_count``-th chunk
+        range (see :func:`missing_ranges`); only process 0 commits, once all ranges are
+        done (it returns ``None`` while others are unfinished: rerun it, or call
+        :func:`commit` later). Writers may start in any order or at the same time.
     """
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(
             f"process_index={process_index} must be in [0, process_count={process_count})"
         )
-    try:
-        return open_store(directory, fingerprint)
-    except StoreCorruptError as e:
-        # Range markers may vouch for the damaged chunk: start this store over.
-        logging.warning("%s; recomputing the store", e)
-        shutil.rmtree(directory)
-    except (StoreNotFoundError, StoreMismatchError):
-        pass  # a new store, or another one (prepare replaces it), or an unfinished write
-    prepare(directory, shape=out_shape, fingerprint=fingerprint, chunk_rows=chunk_rows)
-    mine = missing_ranges(directory)[process_index::process_count]
-    t0, done = time.time(), 0
+    for attempt in range(2):
+        try:
+            return open_store(directory, fingerprint, shape=out_shape)
+        except StoreCorruptError as e:
+            logging.warning("%s; recomputing the store", e)
+            _discard(directory)  # range markers may vouch for the damaged chunks
+        except (StoreNotFoundError, StoreMismatchError):
+            pass  # new, made for other inputs (prepare replaces it), or unfinished
+        prepare(directory, shape=out_shape, fingerprint=fingerprint, chunk_rows=chunk_rows)
+        try:
+            if not _fill(directory, predict, batch_size, process_index, process_count):
+                return None  # other writers' ranges are still missing, or not process 0
+            # The statistics need every prediction; this read also verifies every chunk.
+            pending = _pending(directory)
+            full = TeacherStore(directory, {**pending, "statistics": {}}, _open_array(directory))
+            predictions = full.load()
+        except StoreCorruptError as e:  # a damaged pending store: start it over, once
+            if attempt:
+                raise
+            logging.warning("%s; recomputing the store", e)
+            _discard(directory)
+            continue
+        commit(directory, statistics(predictions) if statistics else None)
+        return open_store(directory, fingerprint, shape=out_shape)
+    raise AssertionError("unreachable: the second attempt returns or raises")
+
+
+def _fill(directory, predict, batch_size, process_index, process_count) -> bool:
+    """Writes this writer's missing ranges; True if the store is then ready to commit."""
+    mine = missing_ranges(directory, process_index=process_index, process_count=process_count)
+    t0, done, total = time.time(), 0, sum(e - s for s, e in mine)
     for start, stop in mine:
         parts = []
         for b in range(start, stop, batch_size):
             parts.append(np.asarray(predict(np.arange(b, min(b + batch_size, stop)))))
         write_range(directory, start, np.concatenate(parts, axis=-2))
         done += stop - start
-        logging.info(
-            "teacher store %s: %d/%d rows (%.0f rows/s)",
-            directory,
-            done,
-            sum(e - s for s, e in mine),
-            done / max(time.time() - t0, 1e-9),
-        )
-    if process_index != 0 or missing_ranges(directory):
-        return None
-    full = TeacherStore(
-        directory, {**_pending(directory), "statistics": {}}, ts.open(_spec(directory)).result()
-    ).load()
-    commit(directory, statistics(full) if statistics else None)
-    return open_store(directory, fingerprint)
+        rate = done / max(time.time() - t0, 1e-9)
+        logging.info("teacher store %s: %d/%d rows (%.0f rows/s)", directory, done, total, rate)
+    return process_index == 0 and not missing_ranges(directory)
 
 
 def write(

@@ -135,15 +135,17 @@ def test_chunk_deleted_after_open_is_detected_on_read(tmp_path):
 
 _WRITER = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
     import numpy as np
     from kd_regression import teacher_store
     directory, index, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    delay = float(sys.argv[4])
+    delay, log = float(sys.argv[4]), sys.argv[5]
     x = np.arange(2 * 40 * 1, dtype=np.float32).reshape(2, 40, 1)
-    def predict(index):
+    def predict(i):
         time.sleep(delay)  # a slow teacher, so the test can kill the writer mid-way
-        return 2 * x[:, index]
+        with open(log, "a") as f:
+            f.write(f"{i[0]} {i[-1] + 1}\\n")
+        return 2 * x[:, i]
     teacher_store.compute(directory, predict, fingerprint={"f": 1}, out_shape=(2, 40, 1),
                           statistics=lambda p: {"max": float(p.max())}, batch_size=4,
                           chunk_rows=8, process_index=index, process_count=count)
@@ -151,9 +153,9 @@ _WRITER = textwrap.dedent(
 )
 
 
-def _writer(directory, index=0, count=1, delay=0.0):
+def _writer(directory, index=0, count=1, delay=0.0, log=os.devnull):
     return subprocess.Popen(
-        [sys.executable, "-c", _WRITER, directory, str(index), str(count), str(delay)],
+        [sys.executable, "-c", _WRITER, directory, str(index), str(count), str(delay), log],
         cwd=ROOT,
         stderr=subprocess.PIPE,
     )
@@ -184,18 +186,31 @@ def test_killed_writer_leaves_nothing_usable_and_rerun_completes(tmp_path):
     assert store.statistics == {"max": float(EXPECTED.max())}
 
 
-def test_parallel_writers_fill_disjoint_ranges(tmp_path):
-    directory = str(tmp_path / "s")
-    teacher_store.prepare(directory, shape=(2, 40, 1), fingerprint={"f": 1}, chunk_rows=8)
-    procs = [_writer(directory, index=i, count=2) for i in (1, 0)]
+def _computed_rows(log):
+    rows = []
+    for line in open(log).read().split():
+        rows.append(int(line))
+    pairs = list(zip(rows[::2], rows[1::2], strict=True))
+    return sorted(r for a, b in pairs for r in range(a, b))
+
+
+@pytest.mark.parametrize("stagger", [0.0, 1.5])
+def test_parallel_writers_fill_disjoint_ranges(tmp_path, stagger):
+    # Started together (both create the store) or one after the other has begun.
+    directory, logs = str(tmp_path / "s"), [str(tmp_path / f"log{i}") for i in (0, 1)]
+    procs = [_writer(directory, index=0, count=2, delay=0.05, log=logs[0])]
+    time.sleep(stagger)
+    procs.append(_writer(directory, index=1, count=2, delay=0.05, log=logs[1]))
     for p in procs:
         assert p.wait(120) == 0, p.stderr.read().decode()[-2000:]
+    rows = [_computed_rows(log) for log in logs]
+    assert sorted(rows[0] + rows[1]) == list(range(40))  # every row once, by one writer
+    assert rows[0] == [r for r in range(40) if (r // 8) % 2 == 0]  # chunks 0, 2, 4
     if not os.path.exists(os.path.join(directory, teacher_store.MANIFEST)):
-        # Process 0 finished before process 1: committing is a rerun of process 0.
-        assert _writer(directory, index=0, count=2).wait(120) == 0
+        # Process 1 finished last: process 0 commits when it is run again.
+        assert _writer(directory, index=0, count=2, log=logs[0]).wait(120) == 0
+        assert sorted(_computed_rows(logs[0])) == rows[0]  # nothing computed twice
     np.testing.assert_array_equal(teacher_store.read(directory, {"f": 1}), EXPECTED)
-    markers = sorted(os.listdir(os.path.join(directory, teacher_store.RANGES)))
-    assert markers == sorted(f"{s}-{s + 8}.done" for s in range(0, 40, 8))
 
 
 def test_parity_check(tmp_path):
@@ -232,3 +247,62 @@ def test_compute_replaces_a_damaged_store(tmp_path):
     os.remove(_chunk_files(str(tmp_path))[1])
     store = teacher_store.compute(str(tmp_path), lambda i: x[i], **kwargs)
     np.testing.assert_array_equal(store.load(), x)
+
+
+def test_damaged_pending_store_is_started_over(tmp_path):
+    x = np.arange(24, dtype=np.float32).reshape(12, 2)
+    directory = str(tmp_path / "s")
+    teacher_store.prepare(directory, shape=x.shape, fingerprint={"f": 1}, chunk_rows=4)
+    teacher_store.write_range(directory, 0, x[:4])
+    teacher_store.write_range(directory, 4, x[4:8])
+    victim = _chunk_files(directory)[1]
+    open(victim, "wb").write(open(victim, "rb").read()[:-5])  # marked, then damaged
+    store = teacher_store.compute(
+        directory, lambda i: x[i], fingerprint={"f": 1}, out_shape=x.shape, chunk_rows=4
+    )
+    np.testing.assert_array_equal(store.load(), x)
+
+
+def test_damaged_manifest_is_detected_and_recomputed(tmp_path):
+    x = np.arange(24, dtype=np.float32).reshape(12, 2)
+    kwargs = dict(fingerprint={"f": 1}, out_shape=x.shape, chunk_rows=4)
+    teacher_store.compute(str(tmp_path), lambda i: x[i], statistics=lambda p: {"d": 0.25}, **kwargs)
+    path = tmp_path / teacher_store.MANIFEST
+    path.write_text(path.read_text().replace("0.25", "0.35"))  # silently wrong statistics
+    with pytest.raises(teacher_store.StoreCorruptError, match="checksum"):
+        teacher_store.open_store(str(tmp_path), {"f": 1})
+    path.write_bytes(b"\xff" + path.read_bytes()[1:])  # not even JSON
+    with pytest.raises(teacher_store.StoreCorruptError, match="unreadable"):
+        teacher_store.open_store(str(tmp_path), {"f": 1})
+    store = teacher_store.compute(
+        str(tmp_path), lambda i: x[i], statistics=lambda p: {"d": 0.25}, **kwargs
+    )
+    assert store.statistics == {"d": 0.25}
+
+
+def test_swapped_chunks_are_detected(tmp_path):
+    teacher_store.write(str(tmp_path), _predictions((2, 12, 3)), FINGERPRINT, chunk_rows=4)
+    first, second = _chunk_files(str(tmp_path))[:2]
+    a, b = open(first, "rb").read(), open(second, "rb").read()
+    open(first, "wb").write(b)
+    open(second, "wb").write(a)
+    with pytest.raises(teacher_store.StoreCorruptError, match=r"chunks \[0, 1\]"):
+        teacher_store.open_store(str(tmp_path), FINGERPRINT)
+
+
+def test_shape_dtype_and_version_are_part_of_the_match(tmp_path, monkeypatch):
+    teacher_store.write(str(tmp_path), _predictions((2, 7, 3)), FINGERPRINT)
+    with pytest.raises(teacher_store.StoreMismatchError, match=r"shape: stored \[2, 7, 3\]"):
+        teacher_store.open_store(str(tmp_path), FINGERPRINT, shape=(2, 8, 3))
+    with pytest.raises(teacher_store.StoreMismatchError, match="dtype: stored 'float32'"):
+        teacher_store.open_store(str(tmp_path), FINGERPRINT, dtype="float64")
+    monkeypatch.setattr(teacher_store, "__version__", "99.0")
+    with pytest.raises(teacher_store.StoreMismatchError, match="library_version"):
+        teacher_store.open_store(str(tmp_path), FINGERPRINT)
+
+
+def test_never_replaces_a_directory_that_is_not_a_store(tmp_path):
+    (tmp_path / "thesis.tex").write_text("precious")
+    with pytest.raises(teacher_store.StoreError, match="not part of a teacher store"):
+        teacher_store.write(str(tmp_path), _predictions(), FINGERPRINT)
+    assert (tmp_path / "thesis.tex").read_text() == "precious"

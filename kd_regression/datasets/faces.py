@@ -26,6 +26,8 @@ from typing import NamedTuple
 import numpy as np
 
 SPLITS = ("train", "validation", "test")
+# Bumped whenever the generated data change, so stored teacher predictions are recomputed.
+VERSION = "1"
 NUM_FACES = 100  # the first 100 images of lfw_subset are faces
 SIZE = 25
 

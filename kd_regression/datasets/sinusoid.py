@@ -19,6 +19,8 @@ from typing import NamedTuple
 import numpy as np
 
 SPLITS = ("train", "validation", "test")
+# Bumped whenever the generated data change, so stored teacher predictions are recomputed.
+VERSION = "1"
 
 
 class Split(NamedTuple):
