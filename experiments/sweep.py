@@ -352,14 +352,12 @@ def run_cell(
     }
     t_teacher = time.time() - t0
 
-    # The teacher row of the results: with out-of-fold teachers, their mean prediction.
-    t_test = np.mean(
-        [
-            train.predict(teacher_predict, t, data["x_test"], population=True)["main"]
-            for t in teachers
-        ],
-        axis=0,
-    )
+    def teacher_mean(x: np.ndarray) -> np.ndarray:
+        """The teacher of the results; with out-of-fold teachers, their mean prediction."""
+        outs = [train.predict(teacher_predict, t, x, population=True)["main"] for t in teachers]
+        return np.mean(outs, axis=0)
+
+    t_test = teacher_mean(data["x_test"])
     rows = _rows(TEACHER, models.MAIN_HEAD, kind, level, config, t_test, data["y_test"])
     rejected = np.asarray(
         jax.vmap(lambda y, t, d: losses.outlier_mask(y, t, threshold=d))(
@@ -385,13 +383,7 @@ def run_cell(
             "clean": sinusoid.function(
                 grid[:, 0], amplitude=config.dataset.amplitude, frequency=config.dataset.frequency
             ),
-            TEACHER: np.mean(
-                [
-                    train.predict(teacher_predict, t, grid_p, population=True)["main"][0, :, 0]
-                    for t in teachers
-                ],
-                axis=0,
-            ),
+            TEACHER: teacher_mean(grid_p)[0, :, 0],
         }
 
     for name in config.methods:

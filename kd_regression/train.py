@@ -162,9 +162,10 @@ def make_eval_step(
     """
     method = get_method(method) if isinstance(method, str) else method
     cfg = loss_config or LossConfig()
+    predict_fn = make_predict_fn(graphdef)
 
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
-        heads = nnx.merge(graphdef, state.params, state.model_state)(batch["x"], deterministic=True)
+        heads = predict_fn(state, batch["x"])
         per_example, aux = method.loss(heads, batch, state.constants, cfg)
         return {"loss": jnp.mean(per_example), **aux}
 

@@ -552,3 +552,12 @@ def test_batch_norm_statistics_train_and_freeze():
     alone = predict(new, x[:1])["main"]
     batched = predict(new, x)["main"][:1]
     np.testing.assert_allclose(alone, batched, rtol=1e-5, atol=1e-6)
+
+
+def test_eval_step_is_the_methods_loss_in_inference_mode():
+    graphdef, state, _ = _setup(method="scratch_l1", dropout=0.5, hidden=(16,))
+    batch = _batch()
+    metrics = jax.jit(train.make_eval_step(graphdef, "scratch_l1"))(state, batch)
+    pred = train.make_predict_fn(graphdef)(state, batch["x"])["main"]  # no dropout
+    expected = np.mean(np.sum(np.abs(np.asarray(pred) - batch["y"]), axis=-1))
+    np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-6)
