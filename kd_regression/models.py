@@ -173,16 +173,17 @@ class _SeparableBlock(nnx.Module):
 
 
 class _StagedCNN(nnx.Module):
-    """A 3×3 conv-BN stem, then one block per stage (stride 2 after the first stage), then
-    global average pooling: ``[batch, H, W, C] -> [batch, widths[-1]]``."""
+    """A 3×3 conv-BN stem (stride ``stem_stride``), then ``blocks_per_stage`` blocks per
+    stage (the first of each stage after the first with stride 2), then global average
+    pooling: ``[batch, H, W, C] -> [batch, widths[-1]]``."""
 
-    def __init__(self, block, in_channels, stem, widths, blocks_per_stage, *, rngs):
+    def __init__(self, block, in_channels, stem, widths, blocks_per_stage, *, stem_stride, rngs):
         if in_channels < 1 or stem < 1 or not widths or min(widths) < 1 or blocks_per_stage < 1:
             raise ValueError(
                 f"need positive in_channels, stem, widths and blocks_per_stage, got "
                 f"{in_channels}, {stem}, {list(widths)}, {blocks_per_stage}"
             )
-        self.stem = _ConvBN(in_channels, stem, rngs=rngs)
+        self.stem = _ConvBN(in_channels, stem, stride=stem_stride, rngs=rngs)
         layers, cin = [], stem
         for i, width in enumerate(widths):
             for j in range(blocks_per_stage):
@@ -209,10 +210,19 @@ def resnet_trunk(
     *,
     stem: int = 16,
     blocks_per_stage: int = 2,
+    stem_stride: int = 1,
     rngs: nnx.Rngs,
 ) -> nnx.Module:
     """A small ResNet (basic blocks, batch norm): the image teacher's trunk."""
-    return _StagedCNN(_BasicBlock, in_channels, stem, widths, blocks_per_stage, rngs=rngs)
+    return _StagedCNN(
+        _BasicBlock,
+        in_channels,
+        stem,
+        widths,
+        blocks_per_stage,
+        stem_stride=stem_stride,
+        rngs=rngs,
+    )
 
 
 def mobilenet_trunk(
@@ -221,10 +231,19 @@ def mobilenet_trunk(
     *,
     stem: int = 8,
     blocks_per_stage: int = 1,
+    stem_stride: int = 1,
     rngs: nnx.Rngs,
 ) -> nnx.Module:
     """A MobileNet-like trunk (depthwise-separable blocks, batch norm): the image student's."""
-    return _StagedCNN(_SeparableBlock, in_channels, stem, widths, blocks_per_stage, rngs=rngs)
+    return _StagedCNN(
+        _SeparableBlock,
+        in_channels,
+        stem,
+        widths,
+        blocks_per_stage,
+        stem_stride=stem_stride,
+        rngs=rngs,
+    )
 
 
 class Regressor(nnx.Module):

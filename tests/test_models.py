@@ -166,3 +166,16 @@ def test_bad_image_trunks():
         models.image_regressor("vgg", 1, (8,), 2, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="positive"):
         models.resnet_trunk(1, (), rngs=nnx.Rngs(0))
+
+
+def test_stem_stride_cuts_flops():
+    full = models.image_regressor("resnet", 1, (8, 16), 2, rngs=nnx.Rngs(0))
+    strided = models.image_regressor("resnet", 1, (8, 16), 2, stem_stride=2, rngs=nnx.Rngs(0))
+    assert models.param_count(nnx.state(full, nnx.Param)) == models.param_count(
+        nnx.state(strided, nnx.Param)
+    )
+    ratio = models.flops_per_example(full, (25, 25, 1)) / models.flops_per_example(
+        strided, (25, 25, 1)
+    )
+    assert 3 < ratio < 5  # about (25 / 13)² fewer positions after the stem
+    assert strided(np.ones((2, 25, 25, 1), np.float32))["main"].shape == (2, 2)
