@@ -9,13 +9,13 @@ loss constants δ and η live in the train state, so they do not trigger recompi
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import math
 import os
 import time
 import zlib
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from experiments import report
+from experiments import report, tasks
 from kd_regression import input_pipeline, losses, models, noise, teacher_store, train
 from kd_regression.datasets import sinusoid
 from kd_regression.fileio import atomic_write_text
@@ -36,8 +36,7 @@ FIT_GRID = 400  # points of the x grid drawn in fits.png
 
 def validate(config: ml_collections.ConfigDict) -> LossConfig:
     """Checks the config before any work; returns the parsed loss config."""
-    if config.dataset.name != "sinusoid":
-        raise ValueError(f"dataset.name={config.dataset.name!r}: only 'sinusoid' so far")
+    task = tasks.get_task(config.dataset.name)
     if config.num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {config.num_seeds}")
     for name in config.methods:
@@ -61,31 +60,22 @@ def validate(config: ml_collections.ConfigDict) -> LossConfig:
         raise ValueError(f"inference_head={config.inference_head!r}: 'label' or 'teacher'")
     for part in ("teacher", "student"):
         c = config[part]
-        if not 1 <= c.batch_size <= config.dataset.train_size:
+        n_train = task.train_size(config.dataset)
+        if not 1 <= c.batch_size <= n_train:
             raise ValueError(
-                f"{part}.batch_size={c.batch_size} must be in [1, dataset.train_size="
-                f"{config.dataset.train_size}]"
+                f"{part}.batch_size={c.batch_size} must be in [1, {n_train}] (training examples)"
             )
     return LossConfig.from_dict(config.loss.to_dict())
 
 
 def _cell_data(config: ml_collections.ConfigDict, kind: str, level: float) -> dict[str, np.ndarray]:
-    """Population-stacked splits ``[S, n, 1]`` with noisy train/val labels and the mask."""
-    ds = config.dataset
-    lo, hi = sinusoid.label_range(amplitude=ds.amplitude, margin=ds.outlier_margin)
+    """Population-stacked splits ``[S, n, ...]``: inputs, noisy train/val targets, the
+    corruption mask, and the clean test labels (label space, for the metrics)."""
+    task = tasks.get_task(config.dataset.name)
+    label_range = task.label_range(config.dataset)
     out: dict[str, list] = {}
-    for s in range(config.num_seeds):
-        seed = config.seed + s
-        splits = {
-            name: sinusoid.load(
-                name,
-                size=ds[f"{name}_size"],
-                seed=seed,
-                amplitude=ds.amplitude,
-                frequency=ds.frequency,
-            )
-            for name in ("train", "validation", "test")
-        }
+    for seed in _seeds(config):
+        splits = task.splits(config.dataset, seed)
         # The noise key depends on the seed, model and level only; the data do not change
         # with the level, so a column of the summary is the same examples, noisier.
         key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(f"{kind}:{level}".encode()))
@@ -93,16 +83,16 @@ def _cell_data(config: ml_collections.ConfigDict, kind: str, level: float) -> di
         noisy = {}
         for name, k in (("train", k_train), ("validation", k_val)):
             noisy[name] = noise.add_label_noise(
-                k, splits[name].y, kind=kind, level=level, label_range=(lo, hi)
+                k, splits[name][1], kind=kind, level=level, label_range=label_range
             )
         row = {
-            "x_train": splits["train"].x,
-            "y_train": np.asarray(noisy["train"].labels),
+            "x_train": splits["train"][0],
+            "y_train": task.to_target(np.asarray(noisy["train"].labels)),
             "corrupted": np.asarray(noisy["train"].corrupted),
-            "x_val": splits["validation"].x,
-            "y_val": np.asarray(noisy["validation"].labels),
-            "x_test": splits["test"].x,
-            "y_test": splits["test"].y,
+            "x_val": splits["validation"][0],
+            "y_val": task.to_target(np.asarray(noisy["validation"].labels)),
+            "x_test": splits["test"][0],
+            "labels_test": splits["test"][1],
         }
         for k, v in row.items():
             out.setdefault(k, []).append(v)
@@ -120,6 +110,18 @@ def _params_digest(params) -> str:
     return h.hexdigest()[:16]
 
 
+def _looped(fn: Callable) -> Callable:
+    """``fn`` over a population one member at a time, stacked like its vmapped version."""
+    take = jax.jit(lambda tree, i: jax.tree.map(lambda a: a[i], tree))
+    stack = jax.jit(lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees))
+
+    def run(*args):
+        members = jax.tree.leaves(args[0])[0].shape[0]
+        return stack(*(fn(*take(args, i)) for i in range(members)))
+
+    return run
+
+
 class _Programs:
     """Jitted, vmapped train and predict functions, built once per (role, method)."""
 
@@ -132,17 +134,20 @@ class _Programs:
         if key not in self._cache:
             part = self.config.teacher if role == TEACHER else self.config.student
             method = get_method(method_name)
-            model_fn = functools.partial(
-                models.mlp, 1, list(part.hidden), 1, two_heads=method.two_heads
-            )
+            task = tasks.get_task(self.config.dataset.name)
+            model_fn = task.model_fn(part, method.two_heads)
             tx = optax.adam(part.learning_rate)
             graphdef = train.init_state(model_fn, tx, jax.random.key(0))[0]
-            step = jax.jit(
-                jax.vmap(train.make_train_step(graphdef, tx, method, self.loss_cfg)),
-                donate_argnums=0,
+            fns = (
+                train.make_train_step(graphdef, tx, method, self.loss_cfg),
+                train.make_predict_fn(graphdef),
+                train.make_eval_step(graphdef, method, self.loss_cfg),
             )
-            predict = jax.jit(jax.vmap(train.make_predict_fn(graphdef)))
-            evaluate = jax.jit(jax.vmap(train.make_eval_step(graphdef, method, self.loss_cfg)))
+            if task.population == "vmap":
+                step = jax.jit(jax.vmap(fns[0]), donate_argnums=0)
+                predict, evaluate = (jax.jit(jax.vmap(f)) for f in fns[1:])
+            else:
+                step, predict, evaluate = (_looped(jax.jit(f)) for f in fns)
             self._cache[key] = (model_fn, tx, step, predict, evaluate)
         return self._cache[key]
 
@@ -197,8 +202,8 @@ def _fit(programs, role, method_name, data, constants, stream, writer, name, che
     return result, predict
 
 
-def _rows(method, head, kind, level, config, pred, target, extra=None):
-    metrics = train.regression_metrics(pred, target)
+def _rows(method, head, kind, level, config, pred, labels, extra=None):
+    metrics = tasks.get_task(config.dataset.name).metrics(pred, labels)
     rows = []
     for s in range(config.num_seeds):
         row = {
@@ -282,8 +287,9 @@ def run_cell(
     t0 = time.time()
     data = _cell_data(config, kind, level)
     teacher_cfg = {k: v for k, v in config.teacher.to_dict().items() if k != "checkpoint_every"}
+    version = tasks.get_task(config.dataset.name).version
     spec = {  # everything the teacher depends on, and nothing else
-        "dataset": {**config.dataset.to_dict(), "version": sinusoid.VERSION},
+        "dataset": {**config.dataset.to_dict(), "version": version},
         "noise": {"kind": kind, "level": level},
         "seeds": _seeds(config),
         "teacher": teacher_cfg,
@@ -358,7 +364,7 @@ def run_cell(
         return np.mean(outs, axis=0)
 
     t_test = teacher_mean(data["x_test"])
-    rows = _rows(TEACHER, models.MAIN_HEAD, kind, level, config, t_test, data["y_test"])
+    rows = _rows(TEACHER, models.MAIN_HEAD, kind, level, config, t_test, data["labels_test"])
     rejected = np.asarray(
         jax.vmap(lambda y, t, d: losses.outlier_mask(y, t, threshold=d))(
             data["y_train"], data["teacher"], constants["threshold"]
@@ -370,7 +376,11 @@ def run_cell(
 
     fits = None
     # Level 0 runs once for all noise models (see run), so it draws fits for any of them.
-    if (kind == config.fits_noise or level == 0) and np.isclose(level, config.fits_level):
+    if (
+        tasks.get_task(config.dataset.name).draws_fits
+        and (kind == config.fits_noise or level == 0)
+        and np.isclose(level, config.fits_level)
+    ):
         grid = np.linspace(-1, 1, FIT_GRID, dtype=np.float32)[:, None]
         grid_p = np.broadcast_to(grid, (config.num_seeds, *grid.shape))
         fits = {
@@ -411,7 +421,7 @@ def run_cell(
         heads = train.predict(predict, result.state, data["x_test"], population=True)
         extra = detection if name in ("tor", "tor_multitask") else None
         for head, pred in heads.items():
-            rows += _rows(name, head, kind, level, config, pred, data["y_test"], extra)
+            rows += _rows(name, head, kind, level, config, pred, data["labels_test"], extra)
         if fits is not None and name in ("scratch_l2", "tor_multitask"):
             grid_heads = train.predict(predict, result.state, grid_p, population=True)
             head = config.inference_head if method.two_heads else models.MAIN_HEAD

@@ -22,6 +22,8 @@ text available to us does not give them.
 
 import ml_collections
 
+from experiments.configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -55,11 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # did not see it (out-of-fold; our addition against the memorization effect). 0: off.
     config.teacher.folds = 0
 
-    # The teacher prediction store (kd_regression.teacher_store).
-    config.store = ml_collections.ConfigDict()
-    config.store.chunk_rows = 8192
-    config.store.on_mismatch = "recompute"  # or "fail": refuse a store made for other inputs
-    config.store.parity_sample = 64  # rows recomputed and compared after writing (0: off)
+    config.store = common.store()
 
     config.student = ml_collections.ConfigDict()
     config.student.hidden = (16, 16)
@@ -68,33 +66,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.student.num_steps = 4000
     config.student.checkpoint_every = 4000  # at the end: a rerun skips finished students
 
-    # Tuples, not lists: ml_collections can override tuples from the command line.
-    config.methods = (
-        "scratch_l2",
-        "scratch_l1",
-        "scratch_huber",
-        "kd_l2",
-        "kd_mix",
-        "bounded",
-        "ail",
-        "tor",
-        "tor_multitask",
-    )
-    # Every kd_regression.methods.LossConfig field (defaults are ours, see its docstring).
-    # TOR's δ: median + k·1.4826·MAD of the teacher's training residuals.
-    config.loss = ml_collections.ConfigDict()
-    config.loss.threshold_method = "mad"  # "mad", "quantile" (threshold_q), "fixed"
-    config.loss.threshold_k = 3.0
-    config.loss.threshold_q = 0.9
-    config.loss.threshold_value = ml_collections.config_dict.placeholder(float)  # "fixed"
-    config.loss.rejection = "drop"  # what a rejected example learns: "drop" or "teacher"
-    config.loss.multitask_weight = 1.0  # λ of the two-head student's teacher head
-    config.loss.huber_delta = 0.1  # scratch_huber (and a Huber teacher)
-    config.loss.mix_alpha = 0.5  # kd_mix: weight of the label term
-    config.loss.bounded_margin = 0.0  # Chen et al. 2017: m
-    config.loss.bounded_weight = 1.0  # Chen et al. 2017: ν
-    config.loss.ail_alpha = 0.5  # Saputra et al. 2019: α
-    config.loss.ail_clip = True  # clip Φ to [0, 1] (ours)
+    config.methods = common.METHODS
+    config.loss = common.loss(huber_delta=0.1)
 
     # Which head of the two-head student is "the" prediction (ours; both are reported).
     config.inference_head = "label"
