@@ -204,39 +204,26 @@ class _StagedCNN(nnx.Module):
         return x.mean(axis=(1, 2))
 
 
-def resnet_trunk(
+# The image trunks: ResNet basic blocks (the teacher's), MobileNet-like depthwise-separable
+# blocks (the student's).
+IMAGE_BLOCKS = {"resnet": _BasicBlock, "mobilenet": _SeparableBlock}
+
+
+def image_trunk(
+    kind: str,
     in_channels: int,
     widths: Sequence[int] = (16, 32, 64),
     *,
     stem: int = 16,
-    blocks_per_stage: int = 2,
     stem_stride: int = 1,
-    rngs: nnx.Rngs,
-) -> nnx.Module:
-    """A small ResNet (basic blocks, batch norm): the image teacher's trunk."""
-    return _StagedCNN(
-        _BasicBlock,
-        in_channels,
-        stem,
-        widths,
-        blocks_per_stage,
-        stem_stride=stem_stride,
-        rngs=rngs,
-    )
-
-
-def mobilenet_trunk(
-    in_channels: int,
-    widths: Sequence[int] = (16, 32, 64),
-    *,
-    stem: int = 8,
     blocks_per_stage: int = 1,
-    stem_stride: int = 1,
     rngs: nnx.Rngs,
 ) -> nnx.Module:
-    """A MobileNet-like trunk (depthwise-separable blocks, batch norm): the image student's."""
+    """A batch-normed CNN trunk of ``kind`` ``'resnet'`` or ``'mobilenet'``."""
+    if kind not in IMAGE_BLOCKS:
+        raise ValueError(f"trunk={kind!r} is not one of {sorted(IMAGE_BLOCKS)}")
     return _StagedCNN(
-        _SeparableBlock,
+        IMAGE_BLOCKS[kind],
         in_channels,
         stem,
         widths,
@@ -322,10 +309,7 @@ def image_regressor(
     **trunk_kwargs,
 ) -> Regressor | TwoHeadStudent:
     """``trunk`` ``'resnet'`` (teacher) or ``'mobilenet'`` (student) with one or two heads."""
-    builders = {"resnet": resnet_trunk, "mobilenet": mobilenet_trunk}
-    if trunk not in builders:
-        raise ValueError(f"trunk={trunk!r} is not one of {sorted(builders)}")
-    body = builders[trunk](in_channels, widths, rngs=rngs, **trunk_kwargs)
+    body = image_trunk(trunk, in_channels, widths, rngs=rngs, **trunk_kwargs)
     head_cls = TwoHeadStudent if two_heads else Regressor
     return head_cls(body, out_features, rngs=rngs)
 

@@ -165,7 +165,7 @@ def test_bad_image_trunks():
     with pytest.raises(ValueError, match="trunk"):
         models.image_regressor("vgg", 1, (8,), 2, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="positive"):
-        models.resnet_trunk(1, (), rngs=nnx.Rngs(0))
+        models.image_trunk("resnet", 1, (), rngs=nnx.Rngs(0))
 
 
 def test_stem_stride_cuts_flops():
