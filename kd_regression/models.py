@@ -267,6 +267,14 @@ class TwoHeadStudent(nnx.Module):
         return {LABEL_HEAD: self.label_head(h), TEACHER_HEAD: self.teacher_head(h)}
 
 
+def with_heads(
+    trunk: nnx.Module, out_features: int, *, two_heads: bool, rngs: nnx.Rngs
+) -> Regressor | TwoHeadStudent:
+    """``trunk`` with one ``"main"`` head, or the two heads of the multi-task student."""
+    head_cls = TwoHeadStudent if two_heads else Regressor
+    return head_cls(trunk, out_features, rngs=rngs)
+
+
 def mlp(
     in_features: int,
     hidden: Sequence[int],
@@ -279,8 +287,7 @@ def mlp(
 ) -> Regressor | TwoHeadStudent:
     """An MLP regressor (teacher or student); ``two_heads`` gives the multi-task student."""
     trunk = MLPTrunk(in_features, hidden, activation=activation, dropout=dropout, rngs=rngs)
-    head_cls = TwoHeadStudent if two_heads else Regressor
-    return head_cls(trunk, out_features, rngs=rngs)
+    return with_heads(trunk, out_features, two_heads=two_heads, rngs=rngs)
 
 
 def cnn(
@@ -294,8 +301,7 @@ def cnn(
 ) -> Regressor | TwoHeadStudent:
     """A CNN regressor on ``[batch, H, W, in_channels]`` images (see :class:`ConvTrunk`)."""
     trunk = ConvTrunk(in_channels, channels, activation=activation, rngs=rngs)
-    head_cls = TwoHeadStudent if two_heads else Regressor
-    return head_cls(trunk, out_features, rngs=rngs)
+    return with_heads(trunk, out_features, two_heads=two_heads, rngs=rngs)
 
 
 def image_regressor(
@@ -310,8 +316,7 @@ def image_regressor(
 ) -> Regressor | TwoHeadStudent:
     """``trunk`` ``'resnet'`` (teacher) or ``'mobilenet'`` (student) with one or two heads."""
     body = image_trunk(trunk, in_channels, widths, rngs=rngs, **trunk_kwargs)
-    head_cls = TwoHeadStudent if two_heads else Regressor
-    return head_cls(body, out_features, rngs=rngs)
+    return with_heads(body, out_features, two_heads=two_heads, rngs=rngs)
 
 
 def flops_per_example(model: nnx.Module, input_shape: Sequence[int]) -> float:

@@ -388,6 +388,7 @@ def fit(
                 )
             if eval_fn is not None and (step % eval_every == 0 or step == num_steps):
                 if window:  # no evaluation of a state that went non-finite; keep it for the log
+                    window = jax.device_get(window)  # host copies: the log reuses them
                     _summarise(window, step - len(window) + 1)
                 val = np.asarray(jax.device_get(eval_fn(state)), np.float64)
                 if best_val is None:
