@@ -33,16 +33,27 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return float(np.mean(a)), se
 
 
+def _fold_mean(values: list[float]) -> float:
+    a = np.asarray(values, np.float64)
+    a = a[np.isfinite(a)]
+    return float(np.mean(a)) if a.size else math.nan
+
+
 def aggregate(rows: list[dict], metric: str) -> dict[str, dict[tuple[str, float], tuple]]:
-    """``{noise: {(label, level): (mean, standard error)}}`` over seeds."""
-    groups = collections.defaultdict(list)
+    """``{noise: {(label, level): (mean, standard error)}}`` over seeds.
+
+    Rows of several folds (MPIIGaze's test people) are first averaged per seed, so the
+    standard error is over seeds, as without folds.
+    """
+    groups = collections.defaultdict(lambda: collections.defaultdict(list))
     for r in rows:
         if metric in r:  # null (undefined, e.g. precision with nothing rejected) -> NaN
             value = math.nan if r[metric] is None else r[metric]
-            groups[(r["noise"], _label(r["method"], r["head"]), r["level"])].append(value)
+            key = (r["noise"], _label(r["method"], r["head"]), r["level"])
+            groups[key][r["seed"]].append(value)
     out: dict = collections.defaultdict(dict)
-    for (kind, label, level), values in groups.items():
-        out[kind][(label, level)] = _mean_se(values)
+    for (kind, label, level), per_seed in groups.items():
+        out[kind][(label, level)] = _mean_se([_fold_mean(v) for v in per_seed.values()])
     return out
 
 
@@ -78,9 +89,13 @@ def _table(cells: dict, labels: list[str], levels: list[float], *, mark_best: bo
 
 
 def summary_markdown(
-    rows: list[dict], *, elapsed_s: float | None = None, setup: str | None = None
+    rows: list[dict],
+    *,
+    elapsed_s: float | None = None,
+    setup: str | None = None,
+    metric: tuple[str, str] = ("rmse", "test RMSE"),
 ) -> str:
-    rmse = aggregate(rows, "rmse")
+    rmse = aggregate(rows, metric[0])
     lines = ["# Noise sweep summary", ""]
     if setup:
         lines += [setup, ""]
@@ -88,7 +103,8 @@ def summary_markdown(
         lines += [f"Sweep time: {elapsed_s:.0f} s.", ""]
     seeds = sorted({r["seed"] for r in rows})
     lines += [
-        f"Test RMSE on the clean test split, mean ± standard error over {len(seeds)} seeds; "
+        f"{metric[1][0].upper() + metric[1][1:]} on the clean test split, mean ± standard "
+        f"error over {len(seeds)} seeds; "
         "**bold** is the best student per column (the teacher row is the large model, "
         "not a student).",
         "",
@@ -119,13 +135,15 @@ def _savefig(fig, path: str) -> None:
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
 
 
-def plot_noise_sweep(rows: list[dict], path: str) -> None:
+def plot_noise_sweep(
+    rows: list[dict], path: str, metric: tuple[str, str] = ("rmse", "test RMSE")
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rmse = aggregate(rows, "rmse")
+    rmse = aggregate(rows, metric[0])
     fig, axes = plt.subplots(1, len(rmse), figsize=(6.5 * len(rmse), 4.5), squeeze=False)
     for ax, (kind, cells) in zip(axes[0], rmse.items(), strict=True):
         for label in dict.fromkeys(lb for lb, _ in cells):
@@ -135,7 +153,7 @@ def plot_noise_sweep(rows: list[dict], path: str) -> None:
             style = {"ls": "--", "color": "k"} if label == TEACHER else {}
             ax.errorbar(levels, mean, yerr=se, marker="o", ms=3, capsize=2, label=label, **style)
         ax.set_xlabel(f"{kind} level")
-        ax.set_ylabel("test RMSE (clean labels)")
+        ax.set_ylabel(f"{metric[1]} (clean labels)")
         ax.set_title(f"noise model: {kind}")
         ax.grid(alpha=0.3)
     axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
@@ -178,9 +196,10 @@ def write_all(
     *,
     elapsed_s: float | None = None,
     setup: str | None = None,
+    metric: tuple[str, str] = ("rmse", "test RMSE"),
 ) -> None:
-    text = summary_markdown(rows, elapsed_s=elapsed_s, setup=setup)
+    text = summary_markdown(rows, elapsed_s=elapsed_s, setup=setup, metric=metric)
     atomic_write_text(os.path.join(workdir, "summary.md"), text)
-    plot_noise_sweep(rows, os.path.join(workdir, "noise_sweep.png"))
+    plot_noise_sweep(rows, os.path.join(workdir, "noise_sweep.png"), metric)
     if fits is not None:
         plot_fits(fits, os.path.join(workdir, "fits.png"))

@@ -31,12 +31,15 @@ from kd_regression.fileio import atomic_write_text
 from kd_regression.methods import LossConfig, get_method
 
 TEACHER = report.TEACHER
+# Where data are read from, not what they are: left out of the teacher's fingerprint.
+DATA_PATHS = ("data_dir", "manual_dir")
 FIT_GRID = 400  # points of the x grid drawn in fits.png
 
 
 def validate(config: ml_collections.ConfigDict) -> LossConfig:
     """Checks the config before any work; returns the parsed loss config."""
     task = tasks.get_task(config.dataset.name)
+    task.validate(config.dataset)
     if config.num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {config.num_seeds}")
     for name in config.methods:
@@ -68,17 +71,20 @@ def validate(config: ml_collections.ConfigDict) -> LossConfig:
     return LossConfig.from_dict(config.loss.to_dict())
 
 
-def _cell_data(config: ml_collections.ConfigDict, kind: str, level: float) -> dict[str, np.ndarray]:
+def _cell_data(
+    config: ml_collections.ConfigDict, kind: str, level: float, fold=None
+) -> dict[str, np.ndarray]:
     """Population-stacked splits ``[S, n, ...]``: inputs, noisy train/val targets, the
     corruption mask, and the clean test labels (label space, for the metrics)."""
     task = tasks.get_task(config.dataset.name)
-    label_range = task.label_range(config.dataset)
     out: dict[str, list] = {}
     for seed in _seeds(config):
-        splits = task.splits(config.dataset, seed)
-        # The noise key depends on the seed, model and level only; the data do not change
-        # with the level, so a column of the summary is the same examples, noisier.
-        key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(f"{kind}:{level}".encode()))
+        splits = task.splits(config.dataset, seed, fold)
+        label_range = task.label_range(config.dataset, splits)
+        # The noise key depends on the seed, model, level (and fold) only; the data do not
+        # change with the level, so a column of the summary is the same examples, noisier.
+        stream = f"{kind}:{level}" if fold is None else f"{kind}:{level}:fold{fold}"
+        key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(stream.encode()))
         k_train, k_val = jax.random.split(key)
         noisy = {}
         for name, k in (("train", k_train), ("validation", k_val)):
@@ -202,7 +208,7 @@ def _fit(programs, role, method_name, data, constants, stream, writer, name, che
     return result, predict
 
 
-def _rows(method, head, kind, level, config, pred, labels, extra=None):
+def _rows(method, head, kind, level, config, pred, labels, extra=None, fold=None):
     metrics = tasks.get_task(config.dataset.name).metrics(pred, labels)
     rows = []
     for s in range(config.num_seeds):
@@ -212,6 +218,7 @@ def _rows(method, head, kind, level, config, pred, labels, extra=None):
             "noise": kind,
             "level": float(level),
             "seed": _seeds(config)[s],
+            **({} if fold is None else {"fold": fold}),
             "rmse": float(metrics["rmse"][s]),
             "mae": float(metrics["mae"][s]),
         }
@@ -281,16 +288,22 @@ def run_cell(
     level: float,
     workdir: str,
     writer,
+    fold=None,
 ) -> tuple[list[dict], dict | None]:
-    """Teacher, store, and every student for one (noise model, level); returns rows, fits."""
-    cell = f"{kind}_{level:g}"
+    """Teacher, store, and every student for one (noise model, level[, fold]); returns
+    rows, fits."""
+    cell = f"{kind}_{level:g}" if fold is None else f"fold{fold}/{kind}_{level:g}"
     t0 = time.time()
-    data = _cell_data(config, kind, level)
+    data = _cell_data(config, kind, level, fold)
     teacher_cfg = {k: v for k, v in config.teacher.to_dict().items() if k != "checkpoint_every"}
-    version = tasks.get_task(config.dataset.name).version
+    task = tasks.get_task(config.dataset.name)
+    dataset = {k: v for k, v in config.dataset.to_dict().items() if k not in DATA_PATHS}
+    dataset["version"] = task.version
+    if task.content_digest(config.dataset) is not None:
+        dataset["content_sha256"] = task.content_digest(config.dataset)
     spec = {  # everything the teacher depends on, and nothing else
-        "dataset": {**config.dataset.to_dict(), "version": version},
-        "noise": {"kind": kind, "level": level},
+        "dataset": dataset,
+        "noise": {"kind": kind, "level": level, **({} if fold is None else {"fold": fold})},
         "seeds": _seeds(config),
         "teacher": teacher_cfg,
         "teacher_loss": {"huber_delta": config.loss.huber_delta}
@@ -364,7 +377,9 @@ def run_cell(
         return np.mean(outs, axis=0)
 
     t_test = teacher_mean(data["x_test"])
-    rows = _rows(TEACHER, models.MAIN_HEAD, kind, level, config, t_test, data["labels_test"])
+    rows = _rows(
+        TEACHER, models.MAIN_HEAD, kind, level, config, t_test, data["labels_test"], fold=fold
+    )
     rejected = np.asarray(
         jax.vmap(lambda y, t, d: losses.outlier_mask(y, t, threshold=d))(
             data["y_train"], data["teacher"], constants["threshold"]
@@ -421,7 +436,7 @@ def run_cell(
         heads = train.predict(predict, result.state, data["x_test"], population=True)
         extra = detection if name in ("tor", "tor_multitask") else None
         for head, pred in heads.items():
-            rows += _rows(name, head, kind, level, config, pred, data["labels_test"], extra)
+            rows += _rows(name, head, kind, level, config, pred, data["labels_test"], extra, fold)
         if fits is not None and name in ("scratch_l2", "tor_multitask"):
             grid_heads = train.predict(predict, result.state, grid_p, population=True)
             head = config.inference_head if method.two_heads else models.MAIN_HEAD
@@ -441,23 +456,26 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     rows: list[dict] = []
     fits = None
     t0 = time.time()
-    clean_rows = None  # level 0 is the same run under every noise model: run it once
-    for kind in config.noise:
-        for level in config.noise[kind]:
-            if float(level) == 0.0 and clean_rows is not None:
-                cell_rows, cell_fits = [{**r, "noise": kind} for r in clean_rows], None
-            else:
-                cell_rows, cell_fits = run_cell(
-                    config, loss_cfg, programs, kind, float(level), workdir, writer
+    task = tasks.get_task(config.dataset.name)
+    folds = task.folds(config.dataset)
+    for fold in folds:
+        clean_rows = None  # level 0 is the same run under every noise model: run it once
+        for kind in config.noise:
+            for level in config.noise[kind]:
+                if float(level) == 0.0 and clean_rows is not None:
+                    cell_rows, cell_fits = [{**r, "noise": kind} for r in clean_rows], None
+                else:
+                    cell_rows, cell_fits = run_cell(
+                        config, loss_cfg, programs, kind, float(level), workdir, writer, fold
+                    )
+                if float(level) == 0.0:
+                    clean_rows = cell_rows
+                rows += cell_rows
+                fits = cell_fits or fits
+                atomic_write_text(
+                    os.path.join(workdir, "results.jsonl"),
+                    "".join(json.dumps(r) + "\n" for r in rows),
                 )
-            if float(level) == 0.0:
-                clean_rows = cell_rows
-            rows += cell_rows
-            fits = cell_fits or fits
-            atomic_write_text(
-                os.path.join(workdir, "results.jsonl"),
-                "".join(json.dumps(r) + "\n" for r in rows),
-            )
     elapsed = time.time() - t0
     writer.close()
     setup = (
@@ -469,6 +487,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         )
         + f"; TOR threshold: {loss_cfg.threshold_method}."
     )
-    report.write_all(rows, fits, workdir, elapsed_s=elapsed, setup=setup)
+    if folds != [None]:
+        setup += (
+            f" {len(folds)} folds (test people {folds}): each seed's number is its mean over "
+            "the folds; mean and standard error are then over seeds."
+        )
+    report.write_all(rows, fits, workdir, elapsed_s=elapsed, setup=setup, metric=task.metric)
     print(f"sweep finished in {elapsed:.1f}s; results in {workdir}", flush=True)
     return rows

@@ -1,14 +1,19 @@
 """The regression tasks the sweep runs: data, label space, models and test metrics per dataset.
 
-Label noise is applied in a task's *label space* (the sinusoid's y; the face's angle in
-degrees), then labels become regression *targets* (the same y; (sin θ, cos θ) for faces).
-Losses, the teacher and TOR's residuals work on targets; test metrics compare predictions
-with the clean labels in label space (RMSE / MAE of y; angular error in degrees).
+Label noise is applied in a task's *label space* (the sinusoid's y; angles in degrees for
+the image tasks), then labels become regression *targets* (the same y; (sin θ, cos θ) for
+faces; gaze (pitch, yaw) in radians; Multi-PIE yaw / 90°). Losses, the teacher and TOR's
+residuals work on targets; test metrics compare predictions with the clean labels in label
+space (RMSE / MAE of y; errors in degrees).
+
+A task with *folds* (MPIIGaze: leave one person out) runs the whole sweep once per fold;
+``folds`` returns ``[None]`` for the others.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -16,12 +21,30 @@ import ml_collections
 import numpy as np
 
 from kd_regression import models, train
-from kd_regression.datasets import faces, sinusoid
+from kd_regression.datasets import faces, mpiigaze, multipie, sinusoid
 
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (inputs, clean labels [n, k])
 
 
-class SinusoidTask:
+class _Task:
+    """Defaults of a task without folds, whose data the config alone determines."""
+
+    population = "loop"
+    draws_fits = False
+    metric = ("rmse", "test RMSE")  # (results.jsonl field, its name) for summary and plot
+
+    def validate(self, ds: ml_collections.ConfigDict) -> None:
+        """Raises ValueError naming a ``dataset.*`` key with an impossible value."""
+
+    def folds(self, ds: ml_collections.ConfigDict) -> list:
+        return [None]
+
+    def content_digest(self, ds: ml_collections.ConfigDict) -> str | None:
+        """A digest of data read from disk (None: the config determines the data)."""
+        return None
+
+
+class SinusoidTask(_Task):
     name = "sinusoid"
     version = sinusoid.VERSION
     population = "vmap"  # tiny MLPs: one vmapped program for all seeds
@@ -30,7 +53,7 @@ class SinusoidTask:
     def train_size(self, ds: ml_collections.ConfigDict) -> int:
         return ds.train_size
 
-    def splits(self, ds: ml_collections.ConfigDict, seed: int) -> Splits:
+    def splits(self, ds: ml_collections.ConfigDict, seed: int, fold=None) -> Splits:
         out = {}
         for name in sinusoid.SPLITS:
             split = sinusoid.load(
@@ -43,7 +66,7 @@ class SinusoidTask:
             out[name] = (split.x, split.y)
         return out
 
-    def label_range(self, ds: ml_collections.ConfigDict) -> tuple[float, float]:
+    def label_range(self, ds: ml_collections.ConfigDict, splits: Splits) -> tuple:
         return sinusoid.label_range(amplitude=ds.amplitude, margin=ds.outlier_margin)
 
     def to_target(self, labels: np.ndarray) -> np.ndarray:
@@ -56,18 +79,17 @@ class SinusoidTask:
         return train.regression_metrics(pred, labels)
 
 
-class FacesTask:
+class FacesTask(_Task):
     name = "faces"
     version = faces.VERSION
     # A vmapped convolution over a population is a grouped convolution, ~3.5x slower on
     # CPU than the same steps one seed at a time (measured): run seeds in turn.
     population = "loop"
-    draws_fits = False
 
     def train_size(self, ds: ml_collections.ConfigDict) -> int:
         return round(ds.fractions[0] * faces.NUM_FACES) * ds.rotations_per_face
 
-    def splits(self, ds: ml_collections.ConfigDict, seed: int) -> Splits:
+    def splits(self, ds: ml_collections.ConfigDict, seed: int, fold=None) -> Splits:
         out = {}
         for name in faces.SPLITS:
             split = faces.load(
@@ -80,7 +102,7 @@ class FacesTask:
             out[name] = (split.x, split.angle[:, None])
         return out
 
-    def label_range(self, ds: ml_collections.ConfigDict) -> tuple[float, float]:
+    def label_range(self, ds: ml_collections.ConfigDict, splits: Splits) -> tuple:
         # An annotation error here is an angle anywhere in the range the data spans.
         return (-ds.max_angle, ds.max_angle)
 
@@ -88,18 +110,7 @@ class FacesTask:
         return faces.angle_to_target(labels)
 
     def model_fn(self, part: ml_collections.ConfigDict, two_heads: bool) -> Callable[..., Any]:
-        m = part.model
-        return functools.partial(
-            models.image_regressor,
-            m.trunk,
-            1,
-            tuple(m.widths),
-            2,
-            two_heads=two_heads,
-            stem=m.stem,
-            stem_stride=m.stem_stride,
-            blocks_per_stage=m.blocks_per_stage,
-        )
+        return _image_model(part.model, 1, 2, two_heads)
 
     def metrics(self, pred: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
         """Angular error in degrees between predicted and true roll, over examples."""
@@ -107,7 +118,190 @@ class FacesTask:
         return {"rmse": np.sqrt(np.mean(err**2, axis=-1)), "mae": np.mean(err, axis=-1)}
 
 
-TASKS = {task.name: task for task in (SinusoidTask(), FacesTask())}
+def _image_model(m: ml_collections.ConfigDict, in_channels: int, out: int, two_heads: bool):
+    return functools.partial(
+        models.image_regressor,
+        m.trunk,
+        in_channels,
+        tuple(m.widths),
+        out,
+        two_heads=two_heads,
+        stem=m.stem,
+        stem_stride=m.stem_stride,
+        blocks_per_stage=m.blocks_per_stage,
+    )
+
+
+def _fraction(ds: ml_collections.ConfigDict, key: str) -> float:
+    value = ds[key]
+    if not 0 < value < 1:
+        raise ValueError(f"dataset.{key}={value} must be in (0, 1)")
+    return value
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(arrays[k]).tobytes())
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=2)
+def _mpiigaze(data_dir: str | None, manual_dir: str | None) -> tuple[dict, str]:
+    data = mpiigaze.load(data_dir, manual_dir)
+    return data, _digest(data)
+
+
+class MpiiGazeTask(_Task):
+    """MPIIGaze gaze (pitch, yaw), leave one person out; one fold per test person.
+
+    Labels are (pitch, yaw) in degrees (noise is added in degrees); targets in radians.
+    The validation split (early stopping of the teacher) is ``dataset.validation_fraction``
+    of the 14 training people's examples, drawn per seed (our choice). The model sees the
+    eye image only; the head pose is stored but not used (our choice).
+    """
+
+    name = "mpiigaze"
+    version = "mpii_gaze-1.0.0"
+    metric = ("mae", "mean angular error (degrees)")
+
+    def _data(self, ds):
+        return _mpiigaze(ds.data_dir, ds.manual_dir)
+
+    def validate(self, ds):
+        _fraction(ds, "validation_fraction")
+        people = list(ds.test_people)
+        if not people or len(set(people)) != len(people):
+            raise ValueError(f"dataset.test_people={people}: a non-empty list without repeats")
+        for p in people:
+            if not 0 <= p < mpiigaze.NUM_PEOPLE:
+                raise ValueError(
+                    f"dataset.test_people={people}: people are 0..{mpiigaze.NUM_PEOPLE - 1}"
+                )
+
+    def folds(self, ds):
+        return list(ds.test_people)
+
+    def content_digest(self, ds):
+        return self._data(ds)[1]
+
+    def _indices(self, ds, seed: int, fold: int) -> dict[str, np.ndarray]:
+        person = self._data(ds)[0]["person"]
+        pool = np.flatnonzero(person != fold)
+        order = np.random.default_rng([seed, fold, 31]).permutation(pool.size)
+        n_val = max(1, round(ds.validation_fraction * pool.size))
+        return {
+            "train": np.sort(pool[order[n_val:]]),
+            "validation": np.sort(pool[order[:n_val]]),
+            "test": np.flatnonzero(person == fold),
+        }
+
+    def train_size(self, ds):
+        return min(self._indices(ds, 0, f)["train"].size for f in self.folds(ds))
+
+    def splits(self, ds, seed, fold=None):
+        data = self._data(ds)[0]
+        out = {}
+        for name, idx in self._indices(ds, seed, fold).items():
+            x = data["image"][idx].astype(np.float32) / 255.0
+            out[name] = (x, np.degrees(data["gaze"][idx]).astype(np.float32))
+        return out
+
+    def label_range(self, ds, splits):
+        # An annotation error is a direction anywhere in the span of the training labels.
+        y = np.concatenate([splits["train"][1], splits["validation"][1]])
+        return (y.min(axis=0), y.max(axis=0))
+
+    def to_target(self, labels):
+        return np.radians(labels).astype(np.float32)
+
+    def model_fn(self, part, two_heads):
+        return _image_model(part.model, 1, 2, two_heads)
+
+    def metrics(self, pred, labels):
+        """Angle in degrees between predicted and true 3-D gaze directions."""
+        err = mpiigaze.angular_error(np.asarray(pred), np.radians(labels))
+        return {"rmse": np.sqrt(np.mean(err**2, axis=-1)), "mae": np.mean(err, axis=-1)}
+
+
+@functools.lru_cache(maxsize=2)
+def _multipie(data_dir, manual_dir, image_size, illuminations) -> tuple[dict, str]:
+    kw = {"image_size": image_size, "illuminations": illuminations}
+    data = {s: multipie.load(data_dir, manual_dir, s, **kw) for s in ("train", "test")}
+    return data, _digest({f"{s}/{k}": v for s, d in data.items() for k, v in d.items()})
+
+
+class MultiPieTask(_Task):
+    """Multi-PIE head yaw in degrees (13 cameras, −90°…+90°); targets yaw / 90°.
+
+    Test: the ``test`` subjects (201–346); validation: ``dataset.validation_fraction`` of
+    the training subjects, drawn per seed (our choice); the rest train.
+    """
+
+    name = "multipie"
+    version = "multi_pie-1.0.0"
+    metric = ("mae", "mean absolute yaw error (degrees)")
+
+    def _data(self, ds):
+        return _multipie(
+            ds.data_dir, ds.manual_dir, ds.image_size, tuple(int(i) for i in ds.illuminations)
+        )
+
+    def validate(self, ds):
+        _fraction(ds, "validation_fraction")
+        multipie.config(ds.image_size, ds.illuminations)  # raises on a bad size or shot
+
+    def content_digest(self, ds):
+        return self._data(ds)[1]
+
+    def _train_validation(self, ds, seed):
+        subject = self._data(ds)[0]["train"]["subject"]
+        people = np.unique(subject)
+        if people.size < 2:
+            raise ValueError(
+                f"Multi-PIE in {ds.data_dir} has {people.size} training subject(s): at least "
+                "2 are needed to hold some out for validation"
+            )
+        n_val = min(people.size - 1, max(1, round(ds.validation_fraction * people.size)))
+        held = np.random.default_rng([seed, 37]).choice(people, n_val, replace=False)
+        val = np.isin(subject, held)
+        return np.flatnonzero(~val), np.flatnonzero(val)
+
+    def train_size(self, ds):
+        return self._train_validation(ds, 0)[0].size
+
+    def splits(self, ds, seed, fold=None):
+        data = self._data(ds)[0]
+        train_idx, val_idx = self._train_validation(ds, seed)
+        parts = {
+            "train": (data["train"], train_idx),
+            "validation": (data["train"], val_idx),
+            "test": (data["test"], np.arange(data["test"]["index"].size)),
+        }
+        return {
+            name: (
+                d["image"][idx].astype(np.float32) / 255.0,
+                d["yaw"][idx, None].astype(np.float32),
+            )
+            for name, (d, idx) in parts.items()
+        }
+
+    def label_range(self, ds, splits):
+        return (-multipie.MAX_YAW, multipie.MAX_YAW)
+
+    def to_target(self, labels):
+        return (np.asarray(labels, np.float32) / multipie.MAX_YAW).astype(np.float32)
+
+    def model_fn(self, part, two_heads):
+        return _image_model(part.model, 3, 1, two_heads)
+
+    def metrics(self, pred, labels):
+        err = np.abs(np.asarray(pred)[..., 0] * multipie.MAX_YAW - np.asarray(labels)[..., 0])
+        return {"rmse": np.sqrt(np.mean(err**2, axis=-1)), "mae": np.mean(err, axis=-1)}
+
+
+TASKS = {task.name: task for task in (SinusoidTask(), FacesTask(), MpiiGazeTask(), MultiPieTask())}
 
 
 def get_task(name: str):

@@ -18,7 +18,7 @@ def test_faces_metrics_are_angular_errors_in_degrees():
     got = task.metrics(pred, true)
     np.testing.assert_allclose(got["mae"], [20.0 / 3], rtol=1e-6)
     np.testing.assert_allclose(got["rmse"], [np.sqrt((4 + 36 + 144) / 3)], rtol=1e-6)
-    assert task.label_range(faces_config.get_config().dataset) == (-60.0, 60.0)
+    assert task.label_range(faces_config.get_config().dataset, {}) == (-60.0, 60.0)
 
 
 def test_looped_population_matches_vmap():

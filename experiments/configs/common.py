@@ -38,6 +38,17 @@ def loss(*, huber_delta: float) -> ml_collections.ConfigDict:
     return c
 
 
+def image_model(trunk, widths, stem, stem_stride, blocks_per_stage) -> ml_collections.ConfigDict:
+    """A kd_regression.models.image_regressor: trunk "resnet" or "mobilenet"."""
+    m = ml_collections.ConfigDict()
+    m.trunk = trunk
+    m.widths = widths
+    m.stem = stem
+    m.stem_stride = stem_stride
+    m.blocks_per_stage = blocks_per_stage
+    return m
+
+
 def store() -> ml_collections.ConfigDict:
     """The teacher prediction store (kd_regression.teacher_store)."""
     c = ml_collections.ConfigDict()

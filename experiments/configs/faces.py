@@ -20,15 +20,7 @@ import ml_collections
 
 from experiments.configs import common
 
-
-def _model(trunk, widths, stem, stem_stride, blocks_per_stage):
-    m = ml_collections.ConfigDict()
-    m.trunk = trunk  # "resnet" or "mobilenet"
-    m.widths = widths
-    m.stem = stem
-    m.stem_stride = stem_stride
-    m.blocks_per_stage = blocks_per_stage
-    return m
+_model = common.image_model
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
