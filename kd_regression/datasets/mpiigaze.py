@@ -50,7 +50,7 @@ NORMALIZED = ("Data", "Normalized")
 SAMPLE_LISTS = ("Evaluation Subset", "sample list for eye image")
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
-MPIIGaze: download MPIIGaze.tar.gz (about 2 GB) from the dataset's page at the Max Planck
+MPIIGaze: download MPIIGaze.tar.gz from the dataset's page at the Max Planck
 Institute for Informatics ("Appearance-based Gaze Estimation in the Wild", Zhang et al.,
 CVPR 2015), extract it into the manual directory, and check that these exist:
   MANUAL/MPIIGaze/Data/Normalized/p00/day01.mat   (people p00 ... p14)
