@@ -258,3 +258,19 @@ def test_quick_config_end_to_end(built, tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert "2 folds (test people [0, 1])" in summary and "Mean angular error" in summary
     assert (tmp_path / "noise_sweep.png").exists()
+
+
+def test_single_frame_day_stored_without_its_leading_one(tmp_path):
+    # MATLAB keeps a leading singleton, but a 36×60 image for N = 1 is read as well.
+    rng = np.random.default_rng(1)
+    eye = {"gaze": np.array([[0.0, 0.0, -1.0]]), "image": rng.integers(0, 255, (36, 60))}
+    eye["image"] = eye["image"].astype(np.uint8)
+    eye["pose"] = np.zeros((1, 3))
+    filenames = np.empty((1, 1), dtype=object)
+    filenames[0, 0] = "0007.jpg"
+    path = tmp_path / "day09.mat"
+    scipy.io.savemat(str(path), {"data": {"left": eye, "right": eye}, "filenames": filenames})
+    day = mpiigaze.read_day(str(path))
+    assert day["filenames"] == ["0007.jpg"]
+    assert day["left"]["image"].shape == (1, 36, 60) and day["right"]["gaze"].shape == (1, 3)
+    np.testing.assert_array_equal(day["left"]["image"][0], eye["image"])
