@@ -1,0 +1,111 @@
+"""Data-parallel training with ``jax.jit`` and shardings: one code path for 1 and N devices.
+
+A 1-D device mesh with axis ``'data'`` (:func:`make_mesh`); batches are split along their
+example axis over it (:func:`shard_batch`), the train state is replicated
+(:func:`replicate`), and :func:`data_parallel` jits a train step with those shardings.
+XLA's SPMD partitioner turns the step's batch mean into a cross-device reduction, so the
+same step on 1 or N devices computes the same numbers up to float rounding. No
+``jax.pmap``.
+
+With several processes (``jax.distributed.initialize()``, see :func:`initialize`), each
+process passes *its own* slice of the global batch to :func:`shard_batch`, which
+assembles the global array with ``jax.make_array_from_process_local_data``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA = "data"
+ENV_DISTRIBUTED = "KD_REGRESSION_DISTRIBUTED"
+
+
+def initialize(enabled: bool | None = None) -> bool:
+    """Starts JAX's multi-process runtime when ``enabled`` (default: the environment
+    variable ``KD_REGRESSION_DISTRIBUTED=1``); returns whether it did.
+
+    ``jax.distributed.initialize()`` finds the coordinator itself on TPU pods, SLURM and
+    Open MPI; elsewhere set ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and
+    ``JAX_PROCESS_ID`` (JAX's own variables). Call it before any other JAX call.
+    """
+    if enabled is None:
+        enabled = os.environ.get(ENV_DISTRIBUTED, "") == "1"
+    if enabled:
+        jax.distributed.initialize()
+    return bool(enabled)
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+    """A 1-D mesh ``('data',)`` over the first ``num_devices`` devices (default: all)."""
+    available = jax.device_count()
+    n = available if num_devices is None else int(num_devices)
+    if not 1 <= n <= available:
+        raise ValueError(f"num_devices={num_devices}: must be in [1, {available}] (devices)")
+    return jax.make_mesh((n,), (DATA,), devices=jax.devices()[:n])
+
+
+def batch_sharding(mesh: Mesh, axis: int = 0) -> NamedSharding:
+    """Split ``axis`` (the example axis; 1 for a population ``[S, B, ...]``) over 'data'."""
+    return NamedSharding(mesh, PartitionSpec(*([None] * axis), DATA))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+    """A ValueError unless ``batch_size`` splits evenly over the mesh's devices."""
+    n = mesh.shape[DATA]
+    if batch_size % n:
+        lower, upper = batch_size - batch_size % n, batch_size + n - batch_size % n
+        raise ValueError(
+            f"batch_size={batch_size} does not split over {n} devices: use a multiple of "
+            f"{n} (e.g. {lower or n} or {upper})"
+        )
+
+
+def shard_batch(batch: Mapping[str, Any], mesh: Mesh, axis: int = 0) -> dict[str, jax.Array]:
+    """Places a batch on the mesh, split along ``axis``.
+
+    In one process, ``batch`` is the global batch. With several processes, it is this
+    process's slice (global batch / process count, examples in process order).
+    """
+    sharding = batch_sharding(mesh, axis)
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        if value.ndim <= axis:
+            raise ValueError(f"batch[{key!r}] has shape {value.shape}: no example axis {axis}")
+        local = value.shape[axis]
+        global_size = local * jax.process_count()
+        check_batch_size(global_size, mesh)
+        if jax.process_count() == 1:
+            out[key] = jax.device_put(value, sharding)
+        else:
+            shape = (*value.shape[:axis], global_size, *value.shape[axis + 1 :])
+            out[key] = jax.make_array_from_process_local_data(sharding, value, shape)
+    return out
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Every leaf of ``tree`` copied to every device of the mesh."""
+    return jax.device_put(tree, replicated(mesh))
+
+
+def data_parallel(
+    train_step: Callable, mesh: Mesh, *, axis: int = 0, donate: bool = True
+) -> Callable:
+    """``train_step`` jitted with a replicated state and a batch split along ``axis``."""
+    rep = replicated(mesh)
+    return jax.jit(
+        train_step,
+        in_shardings=(rep, batch_sharding(mesh, axis)),
+        out_shardings=(rep, rep),
+        donate_argnums=0 if donate else (),
+    )
