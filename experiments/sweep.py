@@ -297,7 +297,8 @@ def run_cell(
     data = _cell_data(config, kind, level, fold)
     teacher_cfg = {k: v for k, v in config.teacher.to_dict().items() if k != "checkpoint_every"}
     task = tasks.get_task(config.dataset.name)
-    dataset = {k: v for k, v in config.dataset.to_dict().items() if k not in DATA_PATHS}
+    ignored = (*DATA_PATHS, *task.not_in_fingerprint)
+    dataset = {k: v for k, v in config.dataset.to_dict().items() if k not in ignored}
     dataset["version"] = task.version
     if task.content_digest(config.dataset) is not None:
         dataset["content_sha256"] = task.content_digest(config.dataset)

@@ -32,6 +32,7 @@ class _Task:
     population = "loop"
     draws_fits = False
     metric = ("rmse", "test RMSE")  # (results.jsonl field, its name) for summary and plot
+    not_in_fingerprint: tuple[str, ...] = ()  # dataset.* keys a cell's results ignore
 
     def validate(self, ds: ml_collections.ConfigDict) -> None:
         """Raises ValueError naming a ``dataset.*`` key with an impossible value."""
@@ -163,7 +164,8 @@ class MpiiGazeTask(_Task):
     """
 
     name = "mpiigaze"
-    version = "mpii_gaze-1.0.0"
+    version = f"mpii_gaze-{mpiigaze.MpiiGaze.VERSION}"
+    not_in_fingerprint = ("test_people",)  # a teacher's fold is in its fingerprint itself
     metric = ("mae", "mean angular error (degrees)")
 
     def _data(self, ds):
@@ -240,7 +242,7 @@ class MultiPieTask(_Task):
     """
 
     name = "multipie"
-    version = "multi_pie-1.0.0"
+    version = f"multi_pie-{multipie.MultiPie.VERSION}"
     metric = ("mae", "mean absolute yaw error (degrees)")
 
     def _data(self, ds):

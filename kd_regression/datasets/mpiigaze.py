@@ -292,8 +292,7 @@ if tfds is not None:
             )
 
         def _split_generators(self, dl_manager):
-            top = root(os.fspath(dl_manager.manual_dir))
-            del top  # checked here, before any split is written
+            root(os.fspath(dl_manager.manual_dir))  # checked before any split is written
             return {
                 person_name(p): self._generate_examples(os.fspath(dl_manager.manual_dir), p)
                 for p in range(NUM_PEOPLE)
@@ -312,10 +311,10 @@ def prepare(data_dir=None, manual_dir=None):
 
 def load(data_dir=None, manual_dir=None, people=range(NUM_PEOPLE)) -> dict[str, np.ndarray]:
     """The examples of ``people`` as NumPy arrays in index order (builds first if needed)."""
-    b = prepare(data_dir, manual_dir)
     people = list(people)
     if not people or any(not 0 <= p < NUM_PEOPLE for p in people):
         raise ValueError(f"people must be a non-empty subset of 0..{NUM_PEOPLE - 1}, got {people}")
+    b = prepare(data_dir, manual_dir)
     return manual.read_split(b, "+".join(person_name(p) for p in people))
 
 
