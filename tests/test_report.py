@@ -66,3 +66,22 @@ def test_undefined_scores_show_as_na():
             r.update(rejection_rate=0.0, precision=None)
     text = report.summary_markdown(rows)
     assert "| precision | n/a |" in text
+
+
+def test_folds_are_averaged_per_seed_before_the_standard_error():
+    rows = [
+        {
+            "method": "tor",
+            "head": "main",
+            "noise": "outliers",
+            "level": 0.2,
+            "seed": seed,
+            "fold": fold,
+            "mae": value,
+            "rmse": value,
+        }
+        for seed, fold, value in [(0, 0, 1.0), (0, 1, 3.0), (1, 0, 4.0), (1, 1, 8.0)]
+    ]  # per-seed fold means 2 and 6
+    mean, se = report.aggregate(rows, "mae")["outliers"][("tor", 0.2)]
+    assert mean == 4.0
+    assert np.isclose(se, np.std([2.0, 6.0], ddof=1) / np.sqrt(2))  # 2, not over 4 rows
