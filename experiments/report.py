@@ -33,12 +33,6 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return float(np.mean(a)), se
 
 
-def _fold_mean(values: list[float]) -> float:
-    a = np.asarray(values, np.float64)
-    a = a[np.isfinite(a)]
-    return float(np.mean(a)) if a.size else math.nan
-
-
 def aggregate(rows: list[dict], metric: str) -> dict[str, dict[tuple[str, float], tuple]]:
     """``{noise: {(label, level): (mean, standard error)}}`` over seeds.
 
@@ -53,7 +47,7 @@ def aggregate(rows: list[dict], metric: str) -> dict[str, dict[tuple[str, float]
             groups[key][r["seed"]].append(value)
     out: dict = collections.defaultdict(dict)
     for (kind, label, level), per_seed in groups.items():
-        out[kind][(label, level)] = _mean_se([_fold_mean(v) for v in per_seed.values()])
+        out[kind][(label, level)] = _mean_se([_mean_se(v)[0] for v in per_seed.values()])
     return out
 
 

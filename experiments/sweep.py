@@ -300,8 +300,9 @@ def run_cell(
     ignored = (*DATA_PATHS, *task.not_in_fingerprint)
     dataset = {k: v for k, v in config.dataset.to_dict().items() if k not in ignored}
     dataset["version"] = task.version
-    if task.content_digest(config.dataset) is not None:
-        dataset["content_sha256"] = task.content_digest(config.dataset)
+    digest = task.content_digest(config.dataset)
+    if digest is not None:
+        dataset["content_sha256"] = digest
     spec = {  # everything the teacher depends on, and nothing else
         "dataset": dataset,
         "noise": {"kind": kind, "level": level, **({} if fold is None else {"fold": fold})},
@@ -393,7 +394,7 @@ def run_cell(
     fits = None
     # Level 0 runs once for all noise models (see run), so it draws fits for any of them.
     if (
-        tasks.get_task(config.dataset.name).draws_fits
+        task.draws_fits
         and (kind == config.fits_noise or level == 0)
         and np.isclose(level, config.fits_level)
     ):

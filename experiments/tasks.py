@@ -133,6 +133,11 @@ def _image_model(m: ml_collections.ConfigDict, in_channels: int, out: int, two_h
     )
 
 
+def _unit(images: np.ndarray) -> np.ndarray:
+    """uint8 images as float32 in [0, 1], the models' input."""
+    return images.astype(np.float32) / 255.0
+
+
 def _fraction(ds: ml_collections.ConfigDict, key: str) -> float:
     value = ds[key]
     if not 0 < value < 1:
@@ -206,8 +211,10 @@ class MpiiGazeTask(_Task):
         data = self._data(ds)[0]
         out = {}
         for name, idx in self._indices(ds, seed, fold).items():
-            x = data["image"][idx].astype(np.float32) / 255.0
-            out[name] = (x, np.degrees(data["gaze"][idx]).astype(np.float32))
+            out[name] = (
+                _unit(data["image"][idx]),
+                np.degrees(data["gaze"][idx]).astype(np.float32),
+            )
         return out
 
     def label_range(self, ds, splits):
@@ -282,10 +289,7 @@ class MultiPieTask(_Task):
             "test": (data["test"], np.arange(data["test"]["index"].size)),
         }
         return {
-            name: (
-                d["image"][idx].astype(np.float32) / 255.0,
-                d["yaw"][idx, None].astype(np.float32),
-            )
+            name: (_unit(d["image"][idx]), d["yaw"][idx, None].astype(np.float32))
             for name, (d, idx) in parts.items()
         }
 

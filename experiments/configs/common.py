@@ -56,3 +56,17 @@ def store() -> ml_collections.ConfigDict:
     c.on_mismatch = "recompute"  # or "fail": refuse a store made for other inputs
     c.parity_sample = 64  # rows recomputed and compared after writing (0: off)
     return c
+
+
+def quick_image_parts(config: ml_collections.ConfigDict) -> None:
+    """A ``:quick`` variant's tiny teacher and student, for plumbing checks on fake data."""
+    config.num_seeds = 2
+    config.teacher.model = image_model("resnet", (4, 8), 4, 2, 1)
+    config.teacher.batch_size = 16
+    config.teacher.num_steps = 10
+    config.teacher.eval_every = 5
+    config.teacher.checkpoint_every = 5
+    config.student.model = image_model("mobilenet", (4, 8), 4, 2, 1)
+    config.student.batch_size = 16
+    config.student.num_steps = 6
+    config.student.checkpoint_every = 6

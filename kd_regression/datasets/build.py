@@ -45,11 +45,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.illuminations == "all"
                 else [int(s) for s in args.illuminations.split(",")]
             )
-            b = manual.prepare(
-                multipie.MultiPie,
-                data_dir=args.data_dir,
-                manual_dir=args.manual_dir,
-                config=multipie.config(args.image_size, shots),
+            b = multipie.prepare(
+                args.data_dir, args.manual_dir, image_size=args.image_size, illuminations=shots
             )
     except (manual.ManualDataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -39,6 +39,7 @@ import re
 from typing import ClassVar
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 from kd_regression.datasets import manual
 
@@ -253,59 +254,51 @@ def examples(manual_dir: str, person: int):
 
 # --- tensorflow-datasets builder ----------------------------------------------------------
 
-try:
-    import tensorflow_datasets as tfds
-except ImportError:  # the angle helpers above work without tfds
-    tfds = None
 
-if tfds is not None:
+class MpiiGaze(tfds.core.GeneratorBasedBuilder):
+    """MPIIGaze's evaluation subset: 3000 eye images per person, one split per person."""
 
-    class MpiiGaze(tfds.core.GeneratorBasedBuilder):
-        """MPIIGaze's evaluation subset: 3000 eye images per person, one split per person."""
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        "1.0.0": "Evaluation subset, right eyes mirrored, raw uint8 images."
+    }
+    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
-        VERSION = tfds.core.Version("1.0.0")
-        RELEASE_NOTES: ClassVar[dict[str, str]] = {
-            "1.0.0": "Evaluation subset, right eyes mirrored, raw uint8 images."
+    def _info(self):
+        f = tfds.features
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=f.FeaturesDict(
+                {
+                    "image": f.Tensor(shape=IMAGE_SHAPE, dtype=np.uint8),
+                    "gaze": f.Tensor(shape=(2,), dtype=np.float32),
+                    "head_pose": f.Tensor(shape=(2,), dtype=np.float32),
+                    "person": np.int32,
+                    "day": np.int32,
+                    "side": np.int32,
+                    "file": f.Text(),
+                    "index": np.int64,
+                }
+            ),
+            homepage="https://www.mpi-inf.mpg.de/departments/computer-vision-and-machine-learning/research/gaze-based-human-computer-interaction/appearance-based-gaze-estimation-in-the-wild",
+            citation="Zhang, Sugano, Fritz, Bulling. Appearance-based Gaze Estimation in "
+            "the Wild. CVPR 2015.",
+        )
+
+    def _split_generators(self, dl_manager):
+        root(os.fspath(dl_manager.manual_dir))  # checked before any split is written
+        return {
+            person_name(p): self._generate_examples(os.fspath(dl_manager.manual_dir), p)
+            for p in range(NUM_PEOPLE)
         }
-        MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
-        def _info(self):
-            f = tfds.features
-            return tfds.core.DatasetInfo(
-                builder=self,
-                description=__doc__,
-                features=f.FeaturesDict(
-                    {
-                        "image": f.Tensor(shape=IMAGE_SHAPE, dtype=np.uint8),
-                        "gaze": f.Tensor(shape=(2,), dtype=np.float32),
-                        "head_pose": f.Tensor(shape=(2,), dtype=np.float32),
-                        "person": np.int32,
-                        "day": np.int32,
-                        "side": np.int32,
-                        "file": f.Text(),
-                        "index": np.int64,
-                    }
-                ),
-                homepage="https://www.mpi-inf.mpg.de/departments/computer-vision-and-machine-learning/research/gaze-based-human-computer-interaction/appearance-based-gaze-estimation-in-the-wild",
-                citation="Zhang, Sugano, Fritz, Bulling. Appearance-based Gaze Estimation in "
-                "the Wild. CVPR 2015.",
-            )
-
-        def _split_generators(self, dl_manager):
-            root(os.fspath(dl_manager.manual_dir))  # checked before any split is written
-            return {
-                person_name(p): self._generate_examples(os.fspath(dl_manager.manual_dir), p)
-                for p in range(NUM_PEOPLE)
-            }
-
-        def _generate_examples(self, manual_dir, person):
-            yield from examples(manual_dir, person)
+    def _generate_examples(self, manual_dir, person):
+        yield from examples(manual_dir, person)
 
 
 def prepare(data_dir=None, manual_dir=None):
     """The built ``mpii_gaze`` dataset in ``data_dir``; built from ``manual_dir`` if needed."""
-    if tfds is None:
-        raise RuntimeError("reading MPIIGaze needs tensorflow-datasets (pip install it)")
     return manual.prepare(MpiiGaze, data_dir=data_dir, manual_dir=manual_dir)
 
 

@@ -22,11 +22,14 @@ Source layout: ``Multi-PIE/data/sessionNN/multiview/SSS/RR/CC_C/SSS_NN_RR_CCC_II
 illumination shot II 00–19; 640×480 colour). Each kept photograph is centre-cropped to a
 square and resized (bilinear) to the builder config's ``image_size`` (our choice).
 
-Splits are by subject: ``train`` holds subjects 001–200 and ``test`` 201–346, a split
-common in the Multi-PIE literature; the experiments take a validation set from the
-training subjects. The builder configs choose the size and which illumination shots to
-keep: ``yaw_64`` (default: 64×64, shot 07 only, about 33 k photographs), ``yaw_32``,
-``yaw_64_all`` (all 20 shots, about 650 k); :func:`config` makes others.
+Splits are by subject (our choice): ``train`` holds subjects 001–200 and ``test``
+201–346; the experiments take a validation set from the training subjects.
+
+The builder configs choose the size and which illumination shots to keep: ``yaw_64``
+(default: 64×64, shot 07 only), ``yaw_32``, ``yaw_64_all`` (all 20 shots);
+:func:`config` makes others. Estimated counts (from the dataset's published size, over
+750,000 photographs of 15 cameras × 20 shots; not counted by us): about 33 k photographs
+per shot for the 13 cameras, about 650 k for all 20 shots.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import re
 from typing import ClassVar
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 from kd_regression.datasets import manual
 
@@ -169,98 +173,91 @@ def index_of(p: dict) -> int:
     return (i + CAMERAS.index(p["camera"])) * NUM_ILLUMINATIONS + p["illumination"]
 
 
-try:
-    import tensorflow_datasets as tfds
-except ImportError:  # the helpers above work without tfds
-    tfds = None
+@dataclasses.dataclass(eq=False)
+class MultiPieConfig(tfds.core.BuilderConfig):
+    """``image_size`` (pixels, square) and the illumination shots kept."""
 
-if tfds is not None:
+    image_size: int = 64
+    illuminations: tuple[int, ...] = (7,)
 
-    @dataclasses.dataclass(eq=False)
-    class MultiPieConfig(tfds.core.BuilderConfig):
-        """``image_size`` (pixels, square) and the illumination shots kept."""
 
-        image_size: int = 64
-        illuminations: tuple[int, ...] = (7,)
+class MultiPie(tfds.core.GeneratorBasedBuilder):
+    """Multi-PIE photographs of the 13 head-height cameras, labelled with their yaw."""
 
-    class MultiPie(tfds.core.GeneratorBasedBuilder):
-        """Multi-PIE photographs of the 13 head-height cameras, labelled with their yaw."""
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        "1.0.0": "13 cameras, centre crop, bilinear resize, raw uint8."
+    }
+    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+    BUILDER_CONFIGS: ClassVar[list] = [
+        MultiPieConfig(name="yaw_64", description="64×64, shot 07", image_size=64),
+        MultiPieConfig(name="yaw_32", description="32×32, shot 07", image_size=32),
+        MultiPieConfig(
+            name="yaw_64_all",
+            description="64×64, all 20 shots",
+            image_size=64,
+            illuminations=tuple(range(NUM_ILLUMINATIONS)),
+        ),
+    ]
+    DEFAULT_CONFIG_NAME = "yaw_64"
 
-        VERSION = tfds.core.Version("1.0.0")
-        RELEASE_NOTES: ClassVar[dict[str, str]] = {
-            "1.0.0": "13 cameras, centre crop, bilinear resize, raw uint8."
-        }
-        MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
-        BUILDER_CONFIGS: ClassVar[list] = [
-            MultiPieConfig(name="yaw_64", description="64×64, shot 07", image_size=64),
-            MultiPieConfig(name="yaw_32", description="32×32, shot 07", image_size=32),
-            MultiPieConfig(
-                name="yaw_64_all",
-                description="64×64, all 20 shots",
-                image_size=64,
-                illuminations=tuple(range(NUM_ILLUMINATIONS)),
+    def _info(self):
+        f = tfds.features
+        s = self.builder_config.image_size
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=f.FeaturesDict(
+                {
+                    "image": f.Tensor(shape=(s, s, 3), dtype=np.uint8),
+                    "yaw": np.float32,
+                    "camera": np.int32,  # position in CAMERAS
+                    "subject": np.int32,
+                    "session": np.int32,
+                    "recording": np.int32,
+                    "illumination": np.int32,
+                    "file": f.Text(),
+                    "index": np.int64,
+                }
             ),
-        ]
-        DEFAULT_CONFIG_NAME = "yaw_64"
+            homepage="https://www.cs.cmu.edu/afs/cs/project/PIE/MultiPie/Multi-Pie/Home.html",
+            citation="Gross, Matthews, Cohn, Kanade, Baker. Multi-PIE. Image and Vision "
+            "Computing 28(5), 2010.",
+        )
 
-        def _info(self):
-            f = tfds.features
-            s = self.builder_config.image_size
-            return tfds.core.DatasetInfo(
-                builder=self,
-                description=__doc__,
-                features=f.FeaturesDict(
-                    {
-                        "image": f.Tensor(shape=(s, s, 3), dtype=np.uint8),
-                        "yaw": np.float32,
-                        "camera": np.int32,  # position in CAMERAS
-                        "subject": np.int32,
-                        "session": np.int32,
-                        "recording": np.int32,
-                        "illumination": np.int32,
-                        "file": f.Text(),
-                        "index": np.int64,
-                    }
-                ),
-                homepage="https://www.cs.cmu.edu/afs/cs/project/PIE/MultiPie/Multi-Pie/Home.html",
-                citation="Gross, Matthews, Cohn, Kanade, Baker. Multi-PIE. Image and Vision "
-                "Computing 28(5), 2010.",
+    def _split_generators(self, dl_manager):
+        path = os.fspath(dl_manager.manual_dir)
+        found = photographs(path, self.builder_config.illuminations)  # checks, early
+        train = [p for p in found if p["subject"] in TRAIN_SUBJECTS]
+        test = [p for p in found if p["subject"] not in TRAIN_SUBJECTS]
+        splits = {}
+        for name, part in (("train", train), ("test", test)):
+            if part:
+                splits[name] = self._generate_examples(path, part)
+        return splits
+
+    def _generate_examples(self, manual_dir, part):
+        top = os.path.dirname(os.path.join(root(manual_dir), *MARKER))
+        for p in part:
+            file = os.path.relpath(p["path"], top)
+            yield (
+                file,
+                {
+                    "image": read_image(p["path"], self.builder_config.image_size),
+                    "yaw": CAMERA_YAW[p["camera"]],
+                    "camera": CAMERAS.index(p["camera"]),
+                    "subject": p["subject"],
+                    "session": p["session"],
+                    "recording": p["recording"],
+                    "illumination": p["illumination"],
+                    "file": file,
+                    "index": index_of(p),
+                },
             )
-
-        def _split_generators(self, dl_manager):
-            path = os.fspath(dl_manager.manual_dir)
-            found = photographs(path, self.builder_config.illuminations)  # checks, early
-            train = [p for p in found if p["subject"] in TRAIN_SUBJECTS]
-            test = [p for p in found if p["subject"] not in TRAIN_SUBJECTS]
-            splits = {}
-            for name, part in (("train", train), ("test", test)):
-                if part:
-                    splits[name] = self._generate_examples(path, part)
-            return splits
-
-        def _generate_examples(self, manual_dir, part):
-            top = os.path.dirname(os.path.join(root(manual_dir), *MARKER))
-            for p in part:
-                yield (
-                    os.path.relpath(p["path"], top),
-                    {
-                        "image": read_image(p["path"], self.builder_config.image_size),
-                        "yaw": CAMERA_YAW[p["camera"]],
-                        "camera": CAMERAS.index(p["camera"]),
-                        "subject": p["subject"],
-                        "session": p["session"],
-                        "recording": p["recording"],
-                        "illumination": p["illumination"],
-                        "file": os.path.relpath(p["path"], top),
-                        "index": index_of(p),
-                    },
-                )
 
 
 def config(image_size: int = 64, illuminations=(7,)):
     """The builder config for a size and shots: a predefined one, or a new one."""
-    if tfds is None:
-        raise RuntimeError("reading Multi-PIE needs tensorflow-datasets (pip install it)")
     image_size, illuminations = int(image_size), tuple(sorted(int(i) for i in illuminations))
     if image_size < 8:
         raise ValueError(f"image_size must be >= 8 pixels, got {image_size}")
@@ -280,9 +277,13 @@ def config(image_size: int = 64, illuminations=(7,)):
     )
 
 
+def prepare(data_dir=None, manual_dir=None, *, image_size=64, illuminations=(7,)):
+    """The built ``multi_pie`` config in ``data_dir``; built from ``manual_dir`` if needed."""
+    cfg = config(image_size, illuminations)
+    return manual.prepare(MultiPie, data_dir=data_dir, manual_dir=manual_dir, config=cfg)
+
+
 def load(data_dir=None, manual_dir=None, split="train", *, image_size=64, illuminations=(7,)):
     """A split as NumPy arrays in index order (builds the dataset first if needed)."""
-    b = manual.prepare(
-        MultiPie, data_dir=data_dir, manual_dir=manual_dir, config=config(image_size, illuminations)
-    )
+    b = prepare(data_dir, manual_dir, image_size=image_size, illuminations=illuminations)
     return manual.read_split(b, split)
