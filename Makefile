@@ -5,13 +5,18 @@ VENV ?= .venv
 WORKDIR ?= workdir/sinusoid
 BIN := $(VENV)/bin
 
-.PHONY: sinusoid test lint install
+.PHONY: sinusoid test lint install bench
 
 $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+# PyTorch (CPU) for the speed benchmark's baseline and its equivalence test.
+$(VENV)/.bench: requirements-bench.txt $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
 	touch $@
 
 install: $(VENV)/.installed
@@ -23,5 +28,8 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+bench: $(VENV)/.bench
+	$(BIN)/python -m experiments.bench_speed
+
+test: lint $(VENV)/.bench
 	$(BIN)/python -m pytest -q -n 2 --durations=10

@@ -10,6 +10,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import sweep
+from kd_regression import sharding
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, stores and logs.")
@@ -29,6 +30,8 @@ def main(argv):
     handler = logging.get_absl_handler()
     handler.setFormatter(None)
     handler.addFilter(_QuietLibraries())
+    # Multi-process (KD_REGRESSION_DISTRIBUTED=1): before any computation; see the README.
+    sharding.initialize()
     sweep.run(_CONFIG.value, _WORKDIR.value)
 
 

@@ -23,9 +23,10 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from jax.sharding import Mesh
 
 from experiments import report, tasks
-from kd_regression import input_pipeline, losses, models, noise, teacher_store, train
+from kd_regression import input_pipeline, losses, models, noise, sharding, teacher_store, train
 from kd_regression.datasets import sinusoid
 from kd_regression.fileio import atomic_write_text
 from kd_regression.methods import LossConfig, get_method
@@ -61,6 +62,12 @@ def validate(config: ml_collections.ConfigDict) -> LossConfig:
         raise ValueError(f"store.on_mismatch={config.store.on_mismatch!r}: 'recompute' or 'fail'")
     if config.inference_head not in (models.LABEL_HEAD, models.TEACHER_HEAD):
         raise ValueError(f"inference_head={config.inference_head!r}: 'label' or 'teacher'")
+    devices = jax.device_count()
+    if not 0 <= config.num_devices <= devices:
+        raise ValueError(
+            f"num_devices={config.num_devices}: 0 (every device) or 1..{devices} (devices seen)"
+        )
+    split_over = config.num_devices or devices
     for part in ("teacher", "student"):
         c = config[part]
         n_train = task.train_size(config.dataset)
@@ -68,6 +75,13 @@ def validate(config: ml_collections.ConfigDict) -> LossConfig:
             raise ValueError(
                 f"{part}.batch_size={c.batch_size} must be in [1, {n_train}] (training examples)"
             )
+        # Every step's batch is split evenly over the devices (and over the processes).
+        for n, what in ((split_over, "devices"), (jax.process_count(), "processes")):
+            if c.batch_size % n:
+                raise ValueError(
+                    f"{part}.batch_size={c.batch_size} does not split over {n} {what}: use a "
+                    f"multiple of {n}, or set num_devices"
+                )
     return LossConfig.from_dict(config.loss.to_dict())
 
 
@@ -116,10 +130,16 @@ def _params_digest(params) -> str:
     return h.hexdigest()[:16]
 
 
-def _looped(fn: Callable) -> Callable:
-    """``fn`` over a population one member at a time, stacked like its vmapped version."""
-    take = jax.jit(lambda tree, i: jax.tree.map(lambda a: a[i], tree))
-    stack = jax.jit(lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees))
+def _looped(fn: Callable, in_shardings=None, out_sharding=None) -> Callable:
+    """``fn`` over a population one member at a time, stacked like its vmapped version.
+
+    ``in_shardings`` / ``out_sharding``: where a member's arguments and the stacked results
+    are placed (a data-parallel ``fn`` takes a replicated state and a split batch).
+    """
+    take = jax.jit(lambda tree, i: jax.tree.map(lambda a: a[i], tree), out_shardings=in_shardings)
+    stack = jax.jit(
+        lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees), out_shardings=out_sharding
+    )
 
     def run(*args):
         members = jax.tree.leaves(args[0])[0].shape[0]
@@ -129,10 +149,15 @@ def _looped(fn: Callable) -> Callable:
 
 
 class _Programs:
-    """Jitted, vmapped train and predict functions, built once per (role, method)."""
+    """Jitted, vmapped train and predict functions, built once per (role, method).
 
-    def __init__(self, config, loss_cfg: LossConfig):
-        self.config, self.loss_cfg = config, loss_cfg
+    The train step is data-parallel over ``mesh`` (state replicated, each batch split
+    along its example axis); prediction and evaluation run on one local device, on
+    :func:`sharding.local_copy` of the state.
+    """
+
+    def __init__(self, config, loss_cfg: LossConfig, mesh: Mesh):
+        self.config, self.loss_cfg, self.mesh = config, loss_cfg, mesh
         self._cache: dict = {}
 
     def get(self, role: str, method_name: str):
@@ -149,11 +174,18 @@ class _Programs:
                 train.make_predict_fn(graphdef),
                 train.make_eval_step(graphdef, method, self.loss_cfg),
             )
-            if task.population == "vmap":
-                step = jax.jit(jax.vmap(fns[0]), donate_argnums=0)
+            mesh = self.mesh
+            if task.population == "vmap":  # batches [P, B, ...]: split B
+                step = sharding.data_parallel(jax.vmap(fns[0]), mesh, axis=1)
                 predict, evaluate = (jax.jit(jax.vmap(f)) for f in fns[1:])
             else:
-                step, predict, evaluate = (_looped(jax.jit(f)) for f in fns)
+                rep = sharding.replicated(mesh)
+                step = _looped(
+                    sharding.data_parallel(fns[0], mesh, axis=0),
+                    in_shardings=(rep, sharding.batch_sharding(mesh, 0)),
+                    out_sharding=rep,
+                )
+                predict, evaluate = (_looped(jax.jit(f)) for f in fns[1:])
             self._cache[key] = (model_fn, tx, step, predict, evaluate)
         return self._cache[key]
 
@@ -183,7 +215,7 @@ def _fit(programs, role, method_name, data, constants, stream, writer, name, che
         val = {"x": jnp.asarray(data["x_val"]), "y": jnp.asarray(data["y_val"])}
 
         def eval_fn(state):
-            return evaluate(state, val)["loss"]
+            return evaluate(sharding.local_copy(state), val)["loss"]
 
     result = train.fit(
         state,
@@ -194,6 +226,7 @@ def _fit(programs, role, method_name, data, constants, stream, writer, name, che
             seed=_seeds(config),
             start_step=start,
             population=config.num_seeds,
+            rows=sharding.process_rows(part.batch_size),  # this process's part of a batch
         ),
         num_steps=part.num_steps,
         eval_fn=eval_fn,
@@ -204,8 +237,10 @@ def _fit(programs, role, method_name, data, constants, stream, writer, name, che
         checkpoint_every=part.checkpoint_every,
         log_every=max(1, part.num_steps // 10),
         name=name,
+        mesh=programs.mesh,
+        batch_axis=1,
     )
-    return result, predict
+    return result._replace(state=sharding.local_copy(result.state)), predict
 
 
 def _rows(method, head, kind, level, config, pred, labels, extra=None, fold=None):
@@ -278,6 +313,22 @@ def _train_teachers(config, programs, data, spec, writer, workdir, cell):
         )
         states.append(result.state)
     return states, folds, predict
+
+
+def _compute_store(directory, predict, **kwargs) -> teacher_store.TeacherStore:
+    """:func:`teacher_store.compute` by every process, each writing its own chunk ranges
+    (predictions on its local devices); process 0 commits, then all open the store."""
+    index, count = jax.process_index(), jax.process_count()
+    store = teacher_store.compute(
+        directory, predict, process_index=index, process_count=count, **kwargs
+    )
+    if count == 1:
+        return store
+    sharding.barrier(f"store-written:{directory}")
+    if index == 0 and store is None:  # the ranges of the others are done now: commit
+        teacher_store.compute(directory, predict, **kwargs)
+    sharding.barrier(f"store-committed:{directory}")
+    return teacher_store.open_store(directory, kwargs["fingerprint"], shape=kwargs["out_shape"])
 
 
 def run_cell(
@@ -354,7 +405,7 @@ def run_cell(
             teacher_store.open_store(store_dir, fingerprint)
         except teacher_store.StoreNotFoundError:
             pass  # nothing there yet: compute it
-    store = teacher_store.compute(
+    store = _compute_store(
         store_dir,
         predict_train_rows,
         fingerprint=fingerprint,
@@ -366,7 +417,8 @@ def run_cell(
         teacher_store.parity_check(
             store, predict_train_rows, sample_size=config.store.parity_sample
         )
-    data["teacher"] = store.load()
+    # One process holds the whole store; with several, each reads its own rows of each batch.
+    data["teacher"] = store.load() if jax.process_count() == 1 else store
     constants = {
         "threshold": np.asarray(store.statistics[f"threshold_{loss_cfg.threshold_method}"]),
         "eta": np.asarray(store.statistics["eta"]),
@@ -384,7 +436,7 @@ def run_cell(
     )
     rejected = np.asarray(
         jax.vmap(lambda y, t, d: losses.outlier_mask(y, t, threshold=d))(
-            data["y_train"], data["teacher"], constants["threshold"]
+            data["y_train"], np.asarray(data["teacher"][...]), constants["threshold"]
         )
     )
     detection = [
@@ -451,10 +503,19 @@ def run_cell(
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     """Runs the whole sweep and writes results.jsonl, summary.md and the figures."""
     loss_cfg = validate(config)
+    primary = sharding.is_primary()  # the one process that writes shared files
     os.makedirs(workdir, exist_ok=True)
-    atomic_write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    if primary:
+        atomic_write_text(
+            os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2)
+        )
     writer = train.make_writer(os.path.join(workdir, "logs"))
-    programs = _Programs(config, loss_cfg)
+    mesh = sharding.make_mesh(config.num_devices or None)
+    logging.info("data-parallel over %d devices (%d processes)", mesh.size, jax.process_count())
+    return _run(config, loss_cfg, workdir, writer, _Programs(config, loss_cfg, mesh), primary)
+
+
+def _run(config, loss_cfg, workdir, writer, programs, primary) -> list[dict]:
     rows: list[dict] = []
     fits = None
     t0 = time.time()
@@ -474,10 +535,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                     clean_rows = cell_rows
                 rows += cell_rows
                 fits = cell_fits or fits
-                atomic_write_text(
-                    os.path.join(workdir, "results.jsonl"),
-                    "".join(json.dumps(r) + "\n" for r in rows),
-                )
+                if primary:
+                    atomic_write_text(
+                        os.path.join(workdir, "results.jsonl"),
+                        "".join(json.dumps(r) + "\n" for r in rows),
+                    )
     elapsed = time.time() - t0
     writer.close()
     setup = (
@@ -494,6 +556,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
             f" {len(folds)} folds (test people {folds}): each seed's number is its mean over "
             "the folds; mean and standard error are then over seeds."
         )
-    report.write_all(rows, fits, workdir, elapsed_s=elapsed, setup=setup, metric=task.metric)
-    print(f"sweep finished in {elapsed:.1f}s; results in {workdir}", flush=True)
+    if primary:
+        report.write_all(rows, fits, workdir, elapsed_s=elapsed, setup=setup, metric=task.metric)
+        print(f"sweep finished in {elapsed:.1f}s; results in {workdir}", flush=True)
     return rows

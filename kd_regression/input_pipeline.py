@@ -42,6 +42,7 @@ def batches(
     start_step: int = 0,
     population: int | None = None,
     block_steps: int = 16,
+    rows: tuple[int, int] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless batches from ``start_step`` on: a dict of the same keys, rows gathered.
 
@@ -53,6 +54,9 @@ def batches(
       population: number of members ``P``; each member gets its own shuffle.
       block_steps: rows of this many steps are gathered at once (one read of a store-backed
         array instead of one per step); the batches do not depend on it.
+      rows: ``(start, stop)``: yield (and read) only these rows of every global batch,
+        e.g. this process's part, :func:`kd_regression.sharding.process_rows`; the global
+        batches, and so the training, do not depend on how they are split.
 
     Arrays may be anything with ``shape``, ``ndim`` and NumPy outer indexing, e.g. a
     :class:`kd_regression.teacher_store.TeacherStore` read from disk as it goes. Bad
@@ -77,11 +81,15 @@ def batches(
             raise ValueError(f"{len(members)} seeds for a population of {population or 1}")
     if block_steps < 1:
         raise ValueError(f"block_steps must be >= 1, got {block_steps}")
-    return _batches(arrays, n, batch_size, members, start_step, population, block_steps)
+    lo, hi = (0, batch_size) if rows is None else rows
+    if not 0 <= lo < hi <= batch_size:
+        raise ValueError(f"rows={rows}: need 0 <= start < stop <= batch_size={batch_size}")
+    return _batches(arrays, n, batch_size, members, start_step, population, block_steps, lo, hi)
 
 
-def _batches(arrays, n, batch_size, members, start_step, population, block_steps):
+def _batches(arrays, n, batch_size, members, start_step, population, block_steps, lo, hi):
     per_epoch = n // batch_size
+    local = hi - lo
     perms: dict[tuple[int, int], np.ndarray] = {}
 
     def indices(m: int, step: int) -> np.ndarray:
@@ -90,7 +98,7 @@ def _batches(arrays, n, batch_size, members, start_step, population, block_steps
             if len(perms) > 2 * len(members):
                 perms.clear()  # keeps memory bounded; permutations are cheap to redraw
             perms[(m, epoch)] = _permutation(*members[m], epoch, n)
-        return perms[(m, epoch)][pos * batch_size : (pos + 1) * batch_size]
+        return perms[(m, epoch)][pos * batch_size + lo : pos * batch_size + hi]
 
     step = start_step
     while True:
@@ -104,6 +112,6 @@ def _batches(arrays, n, batch_size, members, start_step, population, block_steps
         else:
             block = {k: np.stack([v[m, idx[m]] for m in idx]) for k, v in arrays.items()}
         for i in range(block_steps):
-            rows = slice(i * batch_size, (i + 1) * batch_size)
-            yield {k: b[rows] if population is None else b[:, rows] for k, b in block.items()}
+            part = slice(i * local, (i + 1) * local)
+            yield {k: b[part] if population is None else b[:, part] for k, b in block.items()}
         step += block_steps

@@ -19,26 +19,41 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA = "data"
 ENV_DISTRIBUTED = "KD_REGRESSION_DISTRIBUTED"
+ENV_PROCESSES = "KD_REGRESSION_NUM_PROCESSES"
+ENV_PROCESS_ID = "KD_REGRESSION_PROCESS_ID"
 
 
 def initialize(enabled: bool | None = None) -> bool:
     """Starts JAX's multi-process runtime when ``enabled`` (default: the environment
     variable ``KD_REGRESSION_DISTRIBUTED=1``); returns whether it did.
 
-    ``jax.distributed.initialize()`` finds the coordinator itself on TPU pods, SLURM and
-    Open MPI; elsewhere set ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and
-    ``JAX_PROCESS_ID`` (JAX's own variables). Call it before any other JAX call.
+    ``jax.distributed.initialize()`` finds the coordinator, the process count and this
+    process's id itself on Cloud TPU, SLURM and Open MPI. Elsewhere (e.g. several
+    processes started by hand on one GPU host) set JAX's ``JAX_COORDINATOR_ADDRESS``
+    (``host:port`` of process 0) and our ``KD_REGRESSION_NUM_PROCESSES`` and
+    ``KD_REGRESSION_PROCESS_ID``. Call it before any other JAX call.
     """
     if enabled is None:
         enabled = os.environ.get(ENV_DISTRIBUTED, "") == "1"
-    if enabled:
-        jax.distributed.initialize()
-    return bool(enabled)
+    if not enabled:
+        return False
+    kwargs = {}
+    for key, env in (("num_processes", ENV_PROCESSES), ("process_id", ENV_PROCESS_ID)):
+        value = os.environ.get(env)
+        if value is not None:
+            try:
+                kwargs[key] = int(value)
+            except ValueError:
+                raise ValueError(f"{env}={value!r}: not an integer") from None
+    jax.distributed.initialize(**kwargs)
+    return True
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
@@ -93,9 +108,70 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh, axis: int = 0) -> dict[str
     return out
 
 
+def process_rows(batch_size: int) -> tuple[int, int]:
+    """``(start, stop)``: the rows of a global batch that this process feeds.
+
+    Process ``p`` of ``P`` feeds rows ``[p * b / P, (p + 1) * b / P)``; the mesh's devices
+    are in process order, so these are the rows its own devices hold.
+    """
+    count, index = jax.process_count(), jax.process_index()
+    if batch_size % count:
+        raise ValueError(
+            f"batch_size={batch_size} does not split over {count} processes: use a multiple "
+            f"of {count}"
+        )
+    local = batch_size // count
+    return index * local, (index + 1) * local
+
+
+def is_primary() -> bool:
+    """Whether this process writes shared files (results, summaries, store commits)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches the barrier ``name`` (nothing with one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def local_copy(tree: Any) -> Any:
+    """Fully replicated arrays as this process's own single-device copies.
+
+    Prediction and evaluation then run on one local device, without the other processes
+    (which need not call them in step) and without repeating the work on every device.
+    """
+
+    def local(a):
+        if not isinstance(a, jax.Array) or len(a.sharding.device_set) == 1:
+            return a
+        if not a.is_fully_replicated:
+            raise ValueError(f"local_copy: an array of sharding {a.sharding} is not replicated")
+        return a.addressable_data(0)
+
+    return jax.tree.map(local, tree)
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Every leaf of ``tree`` copied to every device of the mesh."""
-    return jax.device_put(tree, replicated(mesh))
+    """Every leaf of ``tree`` copied to every device of the mesh.
+
+    With several processes each passes the same values (e.g. a state initialised from the
+    same seed, or restored from the same checkpoint); each fills its own devices.
+    """
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(leaf):
+        if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = put(jax.random.key_data(leaf))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
+            return leaf
+        host = np.asarray(jax.device_get(leaf))
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)
 
 
 def data_parallel(

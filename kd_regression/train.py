@@ -9,6 +9,8 @@ student's state: the student's batch carries the teacher's stored predictions.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import time
@@ -22,7 +24,9 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx, struct
+from jax.sharding import Mesh
 
+from kd_regression import sharding
 from kd_regression.methods import METHODS, LossConfig, Method, get_method, loss_constants
 from kd_regression.models import Heads
 
@@ -313,6 +317,8 @@ def fit(
     checkpoint_every: int | None = None,
     log_every: int = 100,
     name: str = "train",
+    mesh: Mesh | None = None,
+    batch_axis: int = 0,
 ) -> FitResult:
     """Runs ``train_step`` for ``num_steps``, keeping the state with the best validation loss.
 
@@ -329,6 +335,13 @@ def fit(
         every ``checkpoint_every`` steps (default ``eval_every``), at the last step and at
         an early stop; a run with a checkpoint there resumes from it (a finished or
         early-stopped run returns at once).
+      mesh: data-parallel training over this mesh (:mod:`kd_regression.sharding`): the
+        state is replicated on it and every batch split along ``batch_axis`` (1 for a
+        population ``[P, B, ...]``); ``train_step`` must be jitted with the same shardings
+        (:func:`kd_regression.sharding.data_parallel`). With several processes, ``batches``
+        yields this process's rows of each global batch. The returned states are then
+        replicated arrays on the mesh (:func:`kd_regression.sharding.local_copy` gives
+        one-device copies); ``eval_fn`` receives them as they are.
     """
     for arg, value in (
         ("num_steps", num_steps),
@@ -339,6 +352,12 @@ def fit(
         if value < 1:
             raise ValueError(f"fit: {arg} must be >= 1, got {value}")
     checkpoint_every = checkpoint_every or eval_every
+    place = lambda batch: batch  # noqa: E731
+    in_mesh = contextlib.nullcontext
+    if mesh is not None:
+        in_mesh = functools.partial(jax.set_mesh, mesh)
+        state = sharding.replicate(state, mesh)
+        place = functools.partial(sharding.shard_batch, mesh=mesh, axis=batch_axis)
     best = None  # never an alias of `state`, whose buffers the train step donates
     best_val = best_step = None
     since_best = 0
@@ -369,7 +388,8 @@ def fit(
         t0 = time.time()
         steps = range(start + 1, num_steps + 1) if not stopped else range(0)
         for step, batch in zip(steps, batches(start), strict=False):
-            state, metrics = train_step(state, batch)
+            with in_mesh():  # the step's computation, under jax.set_mesh with a mesh
+                state, metrics = train_step(state, place(batch))
             window.append(metrics)
             if step % log_every == 0 or step == num_steps:
                 scalars = _summarise(window, step - len(window) + 1)

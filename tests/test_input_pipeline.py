@@ -150,3 +150,27 @@ def test_population_member_with_its_own_seed_matches_a_single_run():
             np.testing.assert_array_equal(got[m], next(single)["x"])
     with pytest.raises(ValueError, match="2 seeds for a population of 3"):
         input_pipeline.batches({"x": np.stack([x] * 3)}, batch_size=4, seed=[1, 2], population=3)
+
+
+@pytest.mark.parametrize("population", [None, 2])
+def test_rows_split_every_global_batch(population):
+    """Each process's rows of a batch, side by side, are the global batch."""
+    arrays = _arrays(12, population)
+    axis = 0 if population is None else 1
+    kw = dict(batch_size=4, seed=[3, 4] if population else 3, population=population)
+    whole = _take(input_pipeline.batches(arrays, start_step=5, **kw), 7)
+    parts = [
+        _take(input_pipeline.batches(arrays, start_step=5, rows=rows, **kw), 7)
+        for rows in ((0, 2), (2, 4))
+    ]
+    for step, batch in enumerate(whole):
+        for k, v in batch.items():
+            joined = np.concatenate([p[step][k] for p in parts], axis=axis)
+            np.testing.assert_array_equal(joined, v)
+    assert parts[0][0]["x"].shape[axis] == 2
+
+
+@pytest.mark.parametrize("rows", [(2, 2), (-1, 2), (0, 5)])
+def test_bad_rows_raise(rows):
+    with pytest.raises(ValueError, match=r"rows=.*batch_size=4"):
+        input_pipeline.batches(_arrays(), batch_size=4, seed=0, rows=rows)

@@ -25,6 +25,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.num_seeds = 3
+    # Data-parallel devices (every batch split over them): 0 = all JAX sees, n = the first n.
+    config.num_devices = 0
 
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = "multipie"
