@@ -62,6 +62,8 @@ def validate(config: ml_collections.ConfigDict) -> LossConfig:
         raise ValueError(f"store.on_mismatch={config.store.on_mismatch!r}: 'recompute' or 'fail'")
     if config.inference_head not in (models.LABEL_HEAD, models.TEACHER_HEAD):
         raise ValueError(f"inference_head={config.inference_head!r}: 'label' or 'teacher'")
+    if config.steps_per_call < 1:
+        raise ValueError(f"steps_per_call={config.steps_per_call}: must be >= 1")
     devices = jax.device_count()
     if not 0 <= config.num_devices <= devices:
         raise ValueError(
@@ -175,18 +177,23 @@ class _Programs:
                 train.make_eval_step(graphdef, method, self.loss_cfg),
             )
             mesh = self.mesh
-            if task.population == "vmap":  # batches [P, B, ...]: split B
+            multi = train.make_multi_step(fns[0])
+            if task.population == "vmap":  # batches [P, B, ...], blocks [P, K, B, ...]
                 step = sharding.data_parallel(jax.vmap(fns[0]), mesh, axis=1)
+                multi = sharding.data_parallel(jax.vmap(multi), mesh, axis=2)
                 predict, evaluate = (jax.jit(jax.vmap(f)) for f in fns[1:])
             else:
                 rep = sharding.replicated(mesh)
-                step = _looped(
-                    sharding.data_parallel(fns[0], mesh, axis=0),
-                    in_shardings=(rep, sharding.batch_sharding(mesh, 0)),
-                    out_sharding=rep,
+                step, multi = (
+                    _looped(
+                        sharding.data_parallel(f, mesh, axis=axis),
+                        in_shardings=(rep, sharding.batch_sharding(mesh, axis)),
+                        out_sharding=rep,
+                    )
+                    for f, axis in ((fns[0], 0), (multi, 1))
                 )
                 predict, evaluate = (_looped(jax.jit(f)) for f in fns[1:])
-            self._cache[key] = (model_fn, tx, step, predict, evaluate)
+            self._cache[key] = (model_fn, tx, step, multi, predict, evaluate)
         return self._cache[key]
 
 
@@ -204,7 +211,7 @@ def _fit(programs, role, method_name, data, constants, stream, writer, name, che
     """
     config = programs.config
     part = config.teacher if role == TEACHER else config.student
-    model_fn, tx, step, predict, evaluate = programs.get(role, method_name)
+    model_fn, tx, step, multi, predict, evaluate = programs.get(role, method_name)
     keys = jnp.stack([jax.random.fold_in(jax.random.key(v), stream) for v in _seeds(config)])
     _, state = train.init_population(model_fn, tx, keys, constants)
     arrays = {"x": data["x_train"], "y": data["y_train"]}
@@ -239,6 +246,8 @@ def _fit(programs, role, method_name, data, constants, stream, writer, name, che
         name=name,
         mesh=programs.mesh,
         batch_axis=1,
+        multi_step=multi,
+        steps_per_call=config.steps_per_call,
     )
     return result._replace(state=sharding.local_copy(result.state)), predict
 

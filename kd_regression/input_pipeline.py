@@ -10,7 +10,7 @@ whatever the shuffle.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -43,7 +43,7 @@ def batches(
     population: int | None = None,
     block_steps: int = 16,
     rows: tuple[int, int] | None = None,
-) -> Iterator[dict[str, np.ndarray]]:
+) -> Batches:
     """Endless batches from ``start_step`` on: a dict of the same keys, rows gathered.
 
     Args:
@@ -60,7 +60,8 @@ def batches(
 
     Arrays may be anything with ``shape``, ``ndim`` and NumPy outer indexing, e.g. a
     :class:`kd_regression.teacher_store.TeacherStore` read from disk as it goes. Bad
-    arguments raise here, not at the first ``next``.
+    arguments raise here, not at the first ``next``. The iterator's ``next_block(k)``
+    gives the next ``k`` steps' batches stacked (what ``train.fit`` runs in one call).
     """
     axis = 0 if population is None else 1
     sizes = {k: v.shape[axis] if v.ndim > axis else None for k, v in arrays.items()}
@@ -88,30 +89,66 @@ def batches(
 
 
 def _batches(arrays, n, batch_size, members, start_step, population, block_steps, lo, hi):
-    per_epoch = n // batch_size
-    local = hi - lo
-    perms: dict[tuple[int, int], np.ndarray] = {}
+    return Batches(arrays, n, batch_size, members, start_step, population, block_steps, lo, hi)
 
-    def indices(m: int, step: int) -> np.ndarray:
-        epoch, pos = divmod(step, per_epoch)
-        if (m, epoch) not in perms:
-            if len(perms) > 2 * len(members):
-                perms.clear()  # keeps memory bounded; permutations are cheap to redraw
-            perms[(m, epoch)] = _permutation(*members[m], epoch, n)
-        return perms[(m, epoch)][pos * batch_size + lo : pos * batch_size + hi]
 
-    step = start_step
-    while True:
-        # One gather for several steps: a store-backed array pays its per-read overhead once.
-        idx = {
-            m: np.concatenate([indices(m, s) for s in range(step, step + block_steps)])
-            for m in range(len(members))
-        }
-        if population is None:
-            block = {k: np.asarray(v[idx[0]]) for k, v in arrays.items()}
-        else:
-            block = {k: np.stack([v[m, idx[m]] for m in idx]) for k, v in arrays.items()}
-        for i in range(block_steps):
-            part = slice(i * local, (i + 1) * local)
-            yield {k: b[part] if population is None else b[:, part] for k, b in block.items()}
-        step += block_steps
+class Batches:
+    """The iterator :func:`batches` returns: per-step batches, or ``next_block(k)``.
+
+    Rows are gathered for several steps at once into a buffer ``[steps, rows, ...]`` (a
+    population's ``[P, steps, rows, ...]``); a step's batch, and a block of ``k`` steps,
+    are views of it, so a block costs no copy beyond the gather.
+    """
+
+    def __init__(self, arrays, n, batch_size, members, start_step, population, block_steps, lo, hi):
+        self._arrays, self._members, self._population = arrays, members, population
+        self._per_epoch, self._batch_size, self._n = n // batch_size, batch_size, n
+        self._block_steps, self._lo, self._hi = block_steps, lo, hi
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
+        self._step = self._buffer_start = start_step
+        self._buffer: dict[str, np.ndarray] = {}
+        self._buffer_steps = 0
+
+    def _indices(self, m: int, step: int) -> np.ndarray:
+        epoch, pos = divmod(step, self._per_epoch)
+        if (m, epoch) not in self._perms:
+            if len(self._perms) > 2 * len(self._members):
+                self._perms.clear()  # keeps memory bounded; permutations are cheap to redraw
+            self._perms[(m, epoch)] = _permutation(*self._members[m], epoch, self._n)
+        start = pos * self._batch_size
+        return self._perms[(m, epoch)][start + self._lo : start + self._hi]
+
+    def _fill(self, steps: int) -> None:
+        """Gathers the rows of ``steps`` steps from the current one (one read of a
+        store-backed array instead of one per step)."""
+        first, rows = self._step, self._hi - self._lo
+        idx = [
+            np.concatenate([self._indices(m, s) for s in range(first, first + steps)])
+            for m in range(len(self._members))
+        ]
+        buffer = {}
+        for k, v in self._arrays.items():
+            if self._population is None:
+                b = np.asarray(v[idx[0]])
+                buffer[k] = b.reshape(steps, rows, *b.shape[1:])
+            else:
+                b = np.stack([v[m, i] for m, i in enumerate(idx)])
+                buffer[k] = b.reshape(b.shape[0], steps, rows, *b.shape[2:])
+        self._buffer, self._buffer_start, self._buffer_steps = buffer, first, steps
+
+    def next_block(self, k: int) -> dict[str, np.ndarray]:
+        """The next ``k`` steps' batches stacked on the step axis (0; 1 for a population)."""
+        if self._step + k > self._buffer_start + self._buffer_steps:
+            self._fill(max(k, self._block_steps))
+        i = self._step - self._buffer_start
+        self._step += k
+        if self._population is None:
+            return {key: b[i : i + k] for key, b in self._buffer.items()}
+        return {key: b[:, i : i + k] for key, b in self._buffer.items()}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        block = self.next_block(1)
+        return {key: b[0] if self._population is None else b[:, 0] for key, b in block.items()}

@@ -119,14 +119,51 @@ class ConvTrunk(nnx.Module):
         return x.mean(axis=(1, 2))
 
 
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """XLA's 'SAME' padding of one spatial axis: (before, after)."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def depthwise_conv_taps(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """A depthwise convolution (``'SAME'`` padding) as a sum of shifted, scaled copies.
+
+    ``x: [batch, H, W, C]``, ``kernel: [kh, kw, 1, C]`` (``nnx.Conv``'s layout with
+    ``feature_group_count = C``). The same function as ``lax.conv_general_dilated``, but
+    as ``kh * kw`` fused multiply-adds: XLA's CPU backend runs a grouped convolution
+    several times slower (see ``experiments/bench_speed.py``, section cnn).
+    """
+    kh, kw = kernel.shape[:2]
+    (top, bottom), (left, right) = (
+        _same_padding(x.shape[axis], k, stride) for axis, k in ((1, kh), (2, kw))
+    )
+    padded = jax.numpy.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    height, width = -(-x.shape[1] // stride), -(-x.shape[2] // stride)
+    out = None
+    for i, j in itertools.product(range(kh), range(kw)):
+        window = padded[
+            :, i : i + (height - 1) * stride + 1 : stride, j : j + (width - 1) * stride + 1 : stride
+        ]
+        term = window * kernel[i, j, 0]
+        out = term if out is None else out + term
+    return out
+
+
+DEPTHWISE_IMPLS = ("taps", "conv")
+
+
 class _ConvBN(nnx.Module):
     """Convolution (no bias), batch norm, optional activation; the CNNs' building block.
 
     Batch statistics update in training (``deterministic=False``) and are used frozen at
     inference; they live in the model's non-parameter state, which the train step carries.
+    A depthwise convolution (``groups == cin == cout``) runs as :func:`depthwise_conv_taps`
+    with ``depthwise="taps"`` (the parameters are the same either way).
     """
 
-    def __init__(self, cin, cout, *, kernel=3, stride=1, groups=1, act=True, rngs):
+    def __init__(self, cin, cout, *, kernel=3, stride=1, groups=1, act=True, depthwise, rngs):
+        if depthwise not in DEPTHWISE_IMPLS:
+            raise ValueError(f"depthwise={depthwise!r} is not one of {DEPTHWISE_IMPLS}")
         self.conv = nnx.Conv(
             cin,
             cout,
@@ -138,20 +175,26 @@ class _ConvBN(nnx.Module):
         )
         self.norm = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
         self.act = act
+        self.taps = depthwise == "taps" and groups == cin == cout and groups > 1
+        self.stride = stride
 
     def __call__(self, x, deterministic):
-        x = self.norm(self.conv(x), use_running_average=deterministic)
+        if self.taps:
+            x = depthwise_conv_taps(x, self.conv.kernel.get_value(), self.stride)
+        else:
+            x = self.conv(x)
+        x = self.norm(x, use_running_average=deterministic)
         return nnx.relu(x) if self.act else x
 
 
 class _BasicBlock(nnx.Module):
     """ResNet basic block: two 3×3 conv-BN, identity (or 1×1 projection) shortcut."""
 
-    def __init__(self, cin, cout, stride, *, rngs):
-        self.a = _ConvBN(cin, cout, stride=stride, rngs=rngs)
-        self.b = _ConvBN(cout, cout, act=False, rngs=rngs)
+    def __init__(self, cin, cout, stride, *, depthwise, rngs):
+        self.a = _ConvBN(cin, cout, stride=stride, depthwise=depthwise, rngs=rngs)
+        self.b = _ConvBN(cout, cout, act=False, depthwise=depthwise, rngs=rngs)
         self.proj = (
-            _ConvBN(cin, cout, kernel=1, stride=stride, act=False, rngs=rngs)
+            _ConvBN(cin, cout, kernel=1, stride=stride, act=False, depthwise=depthwise, rngs=rngs)
             if stride != 1 or cin != cout
             else None
         )
@@ -164,9 +207,11 @@ class _BasicBlock(nnx.Module):
 class _SeparableBlock(nnx.Module):
     """MobileNet-style block: 3×3 depthwise conv-BN-ReLU, then 1×1 pointwise conv-BN-ReLU."""
 
-    def __init__(self, cin, cout, stride, *, rngs):
-        self.depthwise = _ConvBN(cin, cin, stride=stride, groups=cin, rngs=rngs)
-        self.pointwise = _ConvBN(cin, cout, kernel=1, rngs=rngs)
+    def __init__(self, cin, cout, stride, *, depthwise, rngs):
+        self.depthwise = _ConvBN(
+            cin, cin, stride=stride, groups=cin, depthwise=depthwise, rngs=rngs
+        )
+        self.pointwise = _ConvBN(cin, cout, kernel=1, depthwise=depthwise, rngs=rngs)
 
     def __call__(self, x, deterministic):
         return self.pointwise(self.depthwise(x, deterministic), deterministic)
@@ -177,18 +222,20 @@ class _StagedCNN(nnx.Module):
     stage (the first of each stage after the first with stride 2), then global average
     pooling: ``[batch, H, W, C] -> [batch, widths[-1]]``."""
 
-    def __init__(self, block, in_channels, stem, widths, blocks_per_stage, *, stem_stride, rngs):
+    def __init__(
+        self, block, in_channels, stem, widths, blocks_per_stage, *, stem_stride, depthwise, rngs
+    ):
         if in_channels < 1 or stem < 1 or not widths or min(widths) < 1 or blocks_per_stage < 1:
             raise ValueError(
                 f"need positive in_channels, stem, widths and blocks_per_stage, got "
                 f"{in_channels}, {stem}, {list(widths)}, {blocks_per_stage}"
             )
-        self.stem = _ConvBN(in_channels, stem, stride=stem_stride, rngs=rngs)
+        self.stem = _ConvBN(in_channels, stem, stride=stem_stride, depthwise=depthwise, rngs=rngs)
         layers, cin = [], stem
         for i, width in enumerate(widths):
             for j in range(blocks_per_stage):
                 stride = 2 if i > 0 and j == 0 else 1
-                layers.append(block(cin, width, stride, rngs=rngs))
+                layers.append(block(cin, width, stride, depthwise=depthwise, rngs=rngs))
                 cin = width
         self.blocks = nnx.List(layers)
         self.out_features = cin
@@ -217,9 +264,15 @@ def image_trunk(
     stem: int = 16,
     stem_stride: int = 1,
     blocks_per_stage: int = 1,
+    depthwise: str = "taps",
     rngs: nnx.Rngs,
 ) -> nnx.Module:
-    """A batch-normed CNN trunk of ``kind`` ``'resnet'`` or ``'mobilenet'``."""
+    """A batch-normed CNN trunk of ``kind`` ``'resnet'`` or ``'mobilenet'``.
+
+    ``depthwise``: how depthwise convolutions run, ``"taps"`` (:func:`depthwise_conv_taps`,
+    our default: several times faster on XLA's CPU backend) or ``"conv"`` (XLA's grouped
+    convolution); the same function and parameters either way.
+    """
     if kind not in IMAGE_BLOCKS:
         raise ValueError(f"trunk={kind!r} is not one of {sorted(IMAGE_BLOCKS)}")
     return _StagedCNN(
@@ -229,6 +282,7 @@ def image_trunk(
         widths,
         blocks_per_stage,
         stem_stride=stem_stride,
+        depthwise=depthwise,
         rngs=rngs,
     )
 

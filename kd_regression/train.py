@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import os
 import time
@@ -41,6 +42,7 @@ __all__ = [
     "init_state",
     "loss_constants",
     "make_eval_step",
+    "make_multi_step",
     "make_predict_fn",
     "make_train_step",
     "make_writer",
@@ -151,6 +153,23 @@ def make_train_step(
         return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite, **aux}
 
     return train_step
+
+
+def make_multi_step(
+    train_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]],
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """``k`` train steps in one call: ``lax.scan`` over batches stacked on a leading axis
+    ``[k, batch, ...]``; returns the final state and the per-step metrics ``[k, ...]``.
+
+    The same steps in the same order as ``k`` calls of ``train_step``; jit (and vmap) it
+    like the step. One call per ``k`` steps keeps a small model from being bound by the
+    per-call dispatch cost (see ``experiments/bench_speed.py``).
+    """
+
+    def multi_step(state: TrainState, batches: Batch) -> tuple[TrainState, Metrics]:
+        return jax.lax.scan(train_step, state, batches)
+
+    return multi_step
 
 
 def make_eval_step(
@@ -287,9 +306,32 @@ class FitResult(NamedTuple):
     steps_run: int
 
 
-def _summarise(metrics: list[Metrics], first_step: int) -> dict[str, float]:
-    """Host copy of a window of per-step metrics; raises on the first non-finite step."""
-    host = jax.device_get(metrics)
+@functools.partial(jax.jit, static_argnums=1)
+def _stack_on_device(batches: list[Batch], axis: int) -> Batch:
+    return {key: jnp.stack([b[key] for b in batches], axis=axis) for key in batches[0]}
+
+
+def _stack(batches: list[Batch], axis: int) -> Batch:
+    """Per-step batches stacked into one block, the steps on ``axis`` (on the host, or in
+    one device call for batches already on the device)."""
+    if isinstance(next(iter(batches[0].values())), jax.Array):
+        return _stack_on_device(batches, axis)
+    return {key: np.stack([b[key] for b in batches], axis=axis) for key in batches[0]}
+
+
+def _per_step(pending: list[tuple[Metrics, int | None]], axis: int) -> list[Metrics]:
+    """Host copies of per-step metrics; a block's (``k`` steps on ``axis``) split by step."""
+    out = []
+    for metrics, k in jax.device_get(pending):
+        if k is None:
+            out.append(metrics)
+        else:
+            out += [{key: np.take(v, i, axis=axis) for key, v in metrics.items()} for i in range(k)]
+    return out
+
+
+def _summarise(host: list[Metrics], first_step: int) -> dict[str, float]:
+    """Means of a window of per-step host metrics; raises on the first non-finite step."""
     for i, m in enumerate(host):
         finite = np.asarray(m["finite"])
         if not finite.all():
@@ -319,6 +361,8 @@ def fit(
     name: str = "train",
     mesh: Mesh | None = None,
     batch_axis: int = 0,
+    multi_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]] | None = None,
+    steps_per_call: int = 1,
 ) -> FitResult:
     """Runs ``train_step`` for ``num_steps``, keeping the state with the best validation loss.
 
@@ -342,22 +386,29 @@ def fit(
         yields this process's rows of each global batch. The returned states are then
         replicated arrays on the mesh (:func:`kd_regression.sharding.local_copy` gives
         one-device copies); ``eval_fn`` receives them as they are.
+      multi_step: ``steps_per_call`` steps in one call (:func:`make_multi_step`, jitted
+        like ``train_step``), on the steps' batches stacked on ``batch_axis`` (so each
+        batch's example axis moves to ``batch_axis + 1``); used wherever no log,
+        evaluation or checkpoint falls inside the block, so the results are those of
+        single steps. Fewer calls: small models are no longer bound by dispatch.
     """
     for arg, value in (
         ("num_steps", num_steps),
         ("eval_every", eval_every),
         ("log_every", log_every),
         ("checkpoint_every", checkpoint_every or 1),
+        ("steps_per_call", steps_per_call),
     ):
         if value < 1:
             raise ValueError(f"fit: {arg} must be >= 1, got {value}")
     checkpoint_every = checkpoint_every or eval_every
-    place = lambda batch: batch  # noqa: E731
+    place = place_block = lambda batch: batch
     in_mesh = contextlib.nullcontext
     if mesh is not None:
         in_mesh = functools.partial(jax.set_mesh, mesh)
         state = sharding.replicate(state, mesh)
         place = functools.partial(sharding.shard_batch, mesh=mesh, axis=batch_axis)
+        place_block = functools.partial(sharding.shard_batch, mesh=mesh, axis=batch_axis + 1)
     best = None  # never an alias of `state`, whose buffers the train step donates
     best_val = best_step = None
     since_best = 0
@@ -383,19 +434,45 @@ def fit(
             logging.info("%s: resumed from checkpoint at step %d", name, start)
 
     try:
-        window: list[Metrics] = []
+        window: list[Metrics] = []  # per-step metrics since the last log (host copies)
+        pending: list[tuple[Metrics, int | None]] = []  # device metrics, steps per call
         step = start
         t0 = time.time()
-        steps = range(start + 1, num_steps + 1) if not stopped else range(0)
-        for step, batch in zip(steps, batches(start), strict=False):
+        it = iter(batches(start)) if not stopped else iter(())
+        events = [log_every, *([eval_every] if eval_fn is not None else [])]
+        events += [checkpoint_every] if manager is not None else []
+        k = steps_per_call if multi_step is not None else 1
+        while step < num_steps:
+            # Up to the next log, evaluation, checkpoint or the end, in calls of k steps.
+            boundary = min(num_steps, *((step // e + 1) * e for e in events))
+            block, singles = None, []
+            if k > 1 and boundary - step >= k:
+                if hasattr(it, "next_block"):  # input_pipeline.batches: stacked already
+                    block = it.next_block(k)
+                else:
+                    singles = list(itertools.islice(it, k))
+                    if len(singles) == k:
+                        block, singles = _stack(singles, batch_axis), []
+            else:
+                singles = list(itertools.islice(it, 1))
+            if block is None and not singles:
+                break  # the batches ran out
             with in_mesh():  # the step's computation, under jax.set_mesh with a mesh
-                state, metrics = train_step(state, place(batch))
-            window.append(metrics)
+                if block is not None:
+                    state, metrics = multi_step(state, place_block(block))
+                    pending.append((metrics, k))
+                    step += k
+                for batch in singles:
+                    state, metrics = train_step(state, place(batch))
+                    pending.append((metrics, None))
+                    step += 1
             if step % log_every == 0 or step == num_steps:
+                window += _per_step(pending, batch_axis)
+                pending = []
                 scalars = _summarise(window, step - len(window) + 1)
                 window = []
                 if writer is not None:
-                    writer.write_scalars(step, {f"{name}/{k}": v for k, v in scalars.items()})
+                    writer.write_scalars(step, {f"{name}/{key}": v for key, v in scalars.items()})
                 rate = (step - start) / max(time.time() - t0, 1e-9)
                 logging.info(
                     "%s: step %d/%d, %.0f steps/s, ETA %.0fs, loss %.4g",
@@ -407,8 +484,11 @@ def fit(
                     scalars["loss"],
                 )
             if eval_fn is not None and (step % eval_every == 0 or step == num_steps):
-                if window:  # no evaluation of a state that went non-finite; keep it for the log
-                    window = jax.device_get(window)  # host copies: the log reuses them
+                # No evaluation of a state that went non-finite; the host copies are kept
+                # for the next log.
+                window += _per_step(pending, batch_axis)
+                pending = []
+                if window:
                     _summarise(window, step - len(window) + 1)
                 val = np.asarray(jax.device_get(eval_fn(state)), np.float64)
                 if best_val is None:
@@ -437,6 +517,7 @@ def fit(
             if stopped:
                 logging.info("%s: early stop at step %d (best %s)", name, step, best_step)
                 break
+        window += _per_step(pending, batch_axis)
         if window:
             _summarise(window, step - len(window) + 1)
         if writer is not None:

@@ -174,3 +174,21 @@ def test_rows_split_every_global_batch(population):
 def test_bad_rows_raise(rows):
     with pytest.raises(ValueError, match=r"rows=.*batch_size=4"):
         input_pipeline.batches(_arrays(), batch_size=4, seed=0, rows=rows)
+
+
+@pytest.mark.parametrize("population", [None, 2])
+def test_next_block_stacks_the_next_steps(population):
+    """Blocks and single steps in any mix give the per-step batches, in order."""
+    arrays = _arrays(12, population)
+    axis = 0 if population is None else 1
+    kw = dict(batch_size=3, seed=[3, 4] if population else 3, population=population)
+    whole = _take(input_pipeline.batches(arrays, start_step=2, block_steps=4, **kw), 14)
+    it = input_pipeline.batches(arrays, start_step=2, block_steps=4, **kw)
+    got = []
+    for k in (1, 3, 5, 1, 4):  # blocks across and longer than the 4-step gather
+        block = it.next_block(k)
+        assert block["x"].shape[axis] == k
+        got += [{key: np.take(v, i, axis=axis) for key, v in block.items()} for i in range(k)]
+    for a, b in zip(whole, got, strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])

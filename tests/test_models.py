@@ -144,7 +144,11 @@ def test_image_regressors(trunk, two_heads):
 
 def test_teacher_is_much_larger_than_student():
     teacher = models.image_regressor("resnet", 1, (16, 32, 64), 2, rngs=nnx.Rngs(0))
-    student = models.image_regressor("mobilenet", 1, (16, 32, 64), 2, rngs=nnx.Rngs(0))
+    # The architectures' FLOPs: XLA's count of a grouped convolution (the shifted-copies
+    # implementation counts its pads and per-tap adds too).
+    student = models.image_regressor(
+        "mobilenet", 1, (16, 32, 64), 2, depthwise="conv", rngs=nnx.Rngs(0)
+    )
     t_params = models.param_count(nnx.state(teacher, nnx.Param))
     s_params = models.param_count(nnx.state(student, nnx.Param))
     t_flops = models.flops_per_example(teacher, (25, 25, 1))
@@ -179,3 +183,44 @@ def test_stem_stride_cuts_flops():
     )
     assert 3 < ratio < 5  # about (25 / 13)² fewer positions after the stem
     assert strided(np.ones((2, 25, 25, 1), np.float32))["main"].shape == (2, 2)
+
+
+@pytest.mark.parametrize(
+    "shape,stride",
+    [((3, 25, 25, 4), 1), ((3, 25, 25, 4), 2), ((2, 36, 60, 3), 2), ((2, 6, 9, 5), 3)],
+)
+def test_depthwise_taps_equal_a_grouped_convolution(shape, stride):
+    """Values and gradients, odd and even sizes (even ones pad asymmetrically)."""
+    x = jax.random.normal(jax.random.key(0), shape)
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 1, shape[-1]))
+
+    def conv(x, k):
+        return jax.lax.conv_general_dilated(
+            x, k, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=shape[-1],
+        )  # fmt: skip
+
+    def taps(x, k):
+        return models.depthwise_conv_taps(x, k, stride)
+
+    np.testing.assert_allclose(taps(x, kernel), conv(x, kernel), rtol=1e-5, atol=1e-5)
+    loss = {f: jax.grad(lambda x, k, f=f: (f(x, k) ** 2).sum(), (0, 1)) for f in (conv, taps)}
+    for a, b in zip(loss[conv](x, kernel), loss[taps](x, kernel), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_depthwise_impls_are_the_same_model():
+    kw = dict(stem=4, stem_stride=2, two_heads=True)
+    x = jax.random.normal(jax.random.key(2), (4, 25, 25, 1))
+    out = {}
+    for impl in models.DEPTHWISE_IMPLS:
+        m = models.image_regressor(
+            "mobilenet", 1, (4, 8), 1, depthwise=impl, rngs=nnx.Rngs(0), **kw
+        )
+        out[impl] = m(x, deterministic=False)
+        out[impl + "_params"] = nnx.state(m, nnx.Param)
+    for head in ("label", "teacher"):
+        np.testing.assert_allclose(out["taps"][head], out["conv"][head], rtol=1e-4, atol=1e-5)
+    assert jax.tree.structure(out["taps_params"]) == jax.tree.structure(out["conv_params"])
+    with pytest.raises(ValueError, match="depthwise='fft' is not one of"):
+        models.image_regressor("mobilenet", 1, (4,), 1, depthwise="fft", rngs=nnx.Rngs(0))

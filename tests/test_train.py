@@ -561,3 +561,98 @@ def test_eval_step_is_the_methods_loss_in_inference_mode():
     pred = train.make_predict_fn(graphdef)(state, batch["x"])["main"]  # no dropout
     expected = np.mean(np.sum(np.abs(np.asarray(pred) - batch["y"]), axis=-1))
     np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-6)
+
+
+# --- several steps per call -----------------------------------------------------------------
+
+
+def _multi(step_fn, population=None):
+    multi = train.make_multi_step(step_fn)
+    return jax.jit(multi if population is None else jax.vmap(multi))
+
+
+@pytest.mark.parametrize("population", [None, 2])
+def test_fit_with_steps_per_call_equals_single_steps(tmp_path, population):
+    """Blocks of 4 steps (cut short by logs every 10, evaluations every 7, checkpoints every
+    9 and the end at 30) give the single-step run's states, metrics and evaluations."""
+    if population is None:
+        graphdef, state, step = _setup()
+        single = train.make_train_step(graphdef, TX, "scratch_l2")
+        eval_fn = _eval_fn(graphdef)
+    else:
+        keys = jax.random.split(jax.random.key(0), population)
+        graphdef, state = train.init_population(_model_fn(), TX, keys)
+        single = jax.vmap(train.make_train_step(graphdef, TX, "scratch_l2"))
+        step = jax.jit(single)
+        eval_fn = jax.jit(jax.vmap(_eval_fn(graphdef)))
+    multi_calls = []
+
+    def multi(s, block):
+        multi_calls.append(int(np.max(jax.device_get(s.step))))
+        return multi_jit(s, block)
+
+    multi_jit = _multi(train.make_train_step(graphdef, TX, "scratch_l2"), population)
+    batches = _batches(_line(population=population), population)
+    evaluated = {}
+
+    def recording_eval(name):
+        def fn(s):
+            evaluated.setdefault(name, []).append(np.asarray(jax.device_get(eval_fn(s))))
+            return eval_fn(s)
+
+        return fn
+
+    common = dict(num_steps=30, log_every=10, eval_every=7, checkpoint_every=9)
+    common["batch_axis"] = 0 if population is None else 1  # blocks [P, K, B, ...]
+    writers = {}
+    results = {}
+    blocks = dict(multi_step=multi, steps_per_call=4)
+    runs = (
+        ("single", batches, {}),
+        ("blocks", batches, blocks),  # input_pipeline's stacked blocks (next_block)
+        ("stacked", lambda start: (b for b in batches(start)), blocks),  # any iterator
+    )
+    for name, feed, kw in runs:
+        writers[name] = train.make_writer(str(tmp_path / name))
+        results[name] = train.fit(
+            state,
+            step,
+            feed,
+            eval_fn=recording_eval(name),
+            writer=writers[name],
+            checkpoint_dir=str(tmp_path / name / "ckpt"),
+            **common,
+            **kw,
+        )
+        writers[name].close()
+    for name in ("blocks", "stacked"):
+        _assert_trees_equal(results["single"].last_state, results[name].last_state)
+        _assert_trees_equal(results["single"].state, results[name].state)
+        np.testing.assert_array_equal(evaluated["single"], evaluated[name])
+    # Blocks of 4 run wherever the next event (7, 9, 10, 14, 18, 20, 21, 27, 28, 30) is
+    # at least 4 steps away; single steps fill the rest.
+    assert multi_calls == [0, 10, 14, 21] * 2
+    for name in writers:
+        with open(tmp_path / name / "metrics.jsonl") as f:
+            writers[name] = [json.loads(line) for line in f]
+    assert writers["single"] == writers["blocks"] == writers["stacked"]
+
+
+def test_non_finite_step_inside_a_block_is_named():
+    graphdef, state, step = _setup()
+    multi = _multi(train.make_train_step(graphdef, TX, "scratch_l2"))
+    bad = dict(_batch())
+    bad["y"] = np.full_like(bad["y"], np.nan)
+
+    def batches(start):
+        for i, batch in enumerate(_start_batches(_line(), start)):
+            yield bad if start + i == 5 else batch  # the batch of step 6, in the 2nd block
+
+    with pytest.raises(FloatingPointError, match="step 6"):
+        train.fit(state, step, batches, num_steps=8, multi_step=multi, steps_per_call=4)
+
+
+def test_fit_rejects_bad_steps_per_call():
+    _, state, step = _setup()
+    with pytest.raises(ValueError, match="steps_per_call must be >= 1, got 0"):
+        train.fit(state, step, _batches(_line()), num_steps=4, steps_per_call=0)

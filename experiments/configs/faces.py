@@ -7,9 +7,9 @@ teacher is a small ResNet, the student a MobileNet-like CNN; errors in degrees.
   python -m experiments.main --config experiments/configs/faces.py --workdir /tmp/faces
   python -m experiments.main --config experiments/configs/faces.py:quick --workdir /tmp/fq
 
-The default run took 1052 s of sweep time (17.6 min) on a 2-core CPU. Expected test error
-(degrees, mean over 3 seeds): clean labels: teacher 10.2, scratch_l2 14.9; outliers
-p = 0.4: teacher 17.1, scratch_l2 21.8, scratch_huber 17.4, tor 18.5, tor_multitask 19.3.
+The default run took 891 s of sweep time (15 min) on a 2-core CPU. Expected test error
+(degrees, mean over 3 seeds): clean labels: teacher 10.2, scratch_l2 15.5; outliers
+p = 0.4: teacher 17.1, scratch_l2 21.7, scratch_huber 17.9, tor 18.9, tor_multitask 19.0.
 The quick variant checks the plumbing only (its models are too small to learn).
 
 Sizes, steps and rates are our choices for a 2-core CPU; the paper's face and gaze
@@ -29,6 +29,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.num_seeds = 3
     # Data-parallel devices (every batch split over them): 0 = all JAX sees, n = the first n.
     config.num_devices = 0
+    # Train steps per compiled call (a lax.scan; the same numbers as single steps). 1 here:
+    # on XLA's CPU backend a scan of this CNN's steps measured slower (bench_speed); try
+    # 16 on an accelerator, where small steps are bound by dispatch.
+    config.steps_per_call = 1
 
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = "faces"

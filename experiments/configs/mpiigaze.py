@@ -30,6 +30,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.num_seeds = 3
     # Data-parallel devices (every batch split over them): 0 = all JAX sees, n = the first n.
     config.num_devices = 0
+    # Train steps per compiled call (a lax.scan; the same numbers as single steps). 1 here:
+    # on XLA's CPU backend a scan of this CNN's steps measured slower (bench_speed); try
+    # 16 on an accelerator, where small steps are bound by dispatch.
+    config.steps_per_call = 1
 
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = "mpiigaze"
