@@ -56,6 +56,13 @@ def validate(config: ml_collections.ConfigDict) -> LossConfig:
             raise ValueError(f"noise.{kind}: not a noise model; allowed {noise.NOISE_KINDS}")
         if not list(config.noise[kind]):
             raise ValueError(f"noise.{kind}: empty list of levels")
+        for i, level in enumerate(config.noise[kind]):
+            ok, allowed = {
+                "outliers": (0.0 <= float(level) <= 1.0, "a rate in [0, 1]"),
+                "gaussian": (math.isfinite(float(level)) and level >= 0, "a finite sigma >= 0"),
+            }.get(kind, (True, ""))
+            if not ok:
+                raise ValueError(f"noise.{kind}[{i}]={level}: must be {allowed}")
     if config.teacher.folds < 0 or config.teacher.folds == 1:
         raise ValueError(f"teacher.folds={config.teacher.folds}: 0 (off) or k >= 2")
     if config.store.on_mismatch not in ("recompute", "fail"):

@@ -190,3 +190,20 @@ def test_rerun_resumes_and_a_changed_config_does_not(tmp_path):
     assert teacher != [r["rmse"] for r in first if r["method"] == "teacher"]
     fresh = sweep.run(_small_config(**{"loss.huber_delta": 1.0}), str(tmp_path / "fresh"))
     assert changed == fresh
+
+
+@pytest.mark.parametrize(
+    "noise,match",
+    [
+        ({"outliers": [0.1, -0.1]}, r"noise.outliers\[1\]=-0.1: must be a rate in \[0, 1\]"),
+        ({"outliers": [1.5]}, r"noise.outliers\[0\]=1.5: must be a rate in \[0, 1\]"),
+        ({"gaussian": [0.2, float("inf")]}, r"noise.gaussian\[1\]=inf: must be a finite sigma"),
+        ({"gaussian": [-1.0]}, r"noise.gaussian\[0\]=-1.0: must be a finite sigma >= 0"),
+        ({"gaussian": []}, "noise.gaussian: empty list of levels"),
+    ],
+)
+def test_impossible_noise_levels_are_refused_before_any_work(noise, match):
+    config = sinusoid_config.get_config("quick")
+    config.noise = noise
+    with pytest.raises(ValueError, match=match):
+        sweep.validate(config)
