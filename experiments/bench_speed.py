@@ -70,8 +70,8 @@ def _steps(n: int) -> int:
     return max(2, int(n * _SCALE.value))
 
 
-def _median(fn, repeats=None) -> float:
-    return float(np.median([fn() for _ in range(repeats or _REPEATS.value)]))
+def _median(fn) -> float:
+    return float(np.median([fn() for _ in range(_REPEATS.value)]))
 
 
 def _data(n, x_shape, seed=0):
@@ -282,15 +282,16 @@ def bench_sweep():
             teacher.eval()
             with torch.no_grad():
                 t_train = teacher(as_t["x_train"])["main"]
-            residual = (t_train - as_t["y_train"]).square().sum(-1).sqrt()
-            median = residual.median()
+            # δ and η as the sweep computes them (train.loss_constants, the config's rule).
             constants = {
-                "threshold": float(median + 3 * 1.4826 * (residual - median).abs().median()),
-                "eta": float(residual.square().max() - residual.square().min()),
+                k: float(v)
+                for k, v in train.loss_constants(
+                    jnp.asarray(as_t["y_train"].numpy()), jnp.asarray(t_train.numpy()), cfg
+                ).items()
             }
             arrays = {"x": as_t["x_train"], "y": as_t["y_train"], "teacher": t_train}
             for method in config.methods:
-                two = method == "tor_multitask"
+                two = train.get_method(method).two_heads
                 student = torch_baseline.MLP(1, list(s.hidden), 1, two_heads=two)
                 torch_baseline.fit(
                     student,

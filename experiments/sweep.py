@@ -528,10 +528,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     writer = train.make_writer(os.path.join(workdir, "logs"))
     mesh = sharding.make_mesh(config.num_devices or None)
     logging.info("data-parallel over %d devices (%d processes)", mesh.size, jax.process_count())
-    return _run(config, loss_cfg, workdir, writer, _Programs(config, loss_cfg, mesh), primary)
-
-
-def _run(config, loss_cfg, workdir, writer, programs, primary) -> list[dict]:
+    programs = _Programs(config, loss_cfg, mesh)
     rows: list[dict] = []
     fits = None
     t0 = time.time()

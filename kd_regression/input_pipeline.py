@@ -85,10 +85,6 @@ def batches(
     lo, hi = (0, batch_size) if rows is None else rows
     if not 0 <= lo < hi <= batch_size:
         raise ValueError(f"rows={rows}: need 0 <= start < stop <= batch_size={batch_size}")
-    return _batches(arrays, n, batch_size, members, start_step, population, block_steps, lo, hi)
-
-
-def _batches(arrays, n, batch_size, members, start_step, population, block_steps, lo, hi):
     return Batches(arrays, n, batch_size, members, start_step, population, block_steps, lo, hi)
 
 

@@ -306,16 +306,8 @@ class FitResult(NamedTuple):
     steps_run: int
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _stack_on_device(batches: list[Batch], axis: int) -> Batch:
-    return {key: jnp.stack([b[key] for b in batches], axis=axis) for key in batches[0]}
-
-
 def _stack(batches: list[Batch], axis: int) -> Batch:
-    """Per-step batches stacked into one block, the steps on ``axis`` (on the host, or in
-    one device call for batches already on the device)."""
-    if isinstance(next(iter(batches[0].values())), jax.Array):
-        return _stack_on_device(batches, axis)
+    """Per-step batches (from an iterator without ``next_block``) stacked on ``axis``."""
     return {key: np.stack([b[key] for b in batches], axis=axis) for key in batches[0]}
 
 

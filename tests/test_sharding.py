@@ -128,15 +128,7 @@ EIGHT_DEVICES = textwrap.dedent(
 
 
 def test_same_step_on_1_and_8_devices_and_no_retrace():
-    out = subprocess.run(
-        [sys.executable, "-c", EIGHT_DEVICES],
-        cwd=ROOT,
-        env=_env(8),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
+    out = _run_script(EIGHT_DEVICES)
     assert "mlp same on 1 and 8 devices" in out.stdout
     assert "cnn same on 1 and 8 devices" in out.stdout
     assert "retrace caught" in out.stdout
@@ -170,6 +162,20 @@ def test_process_rows_and_local_copy():
     local = sharding.local_copy(sharding.replicate(tree, mesh))
     np.testing.assert_array_equal(local["w"], tree["w"])
     assert len(local["w"].sharding.device_set) == 1
+
+
+def _run_script(script: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -c script args`` on 8 simulated CPU devices; asserts that it succeeded."""
+    out = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        env=_env(8),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out
 
 
 def _env(devices: int) -> dict:
@@ -231,15 +237,7 @@ FIT_ON_MESH = textwrap.dedent(
 
 
 def test_fit_on_a_mesh_compiles_once_and_matches_one_device(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-c", FIT_ON_MESH, str(tmp_path)],
-        cwd=ROOT,
-        env=_env(8),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
+    out = _run_script(FIT_ON_MESH, str(tmp_path))
     assert "1 compiles after step 12: 0" in out.stdout
     assert "8 compiles after step 12: 0" in out.stdout
     assert "fit same on 1 and 8 devices" in out.stdout
@@ -293,15 +291,7 @@ def test_sweep_same_on_1_and_8_devices_and_on_2_processes(tmp_path):
     multi-process runtime over localhost: each process feeds and reads its own rows)."""
     runs = {}
     for n in (1, 8):
-        out = subprocess.run(
-            [sys.executable, "-c", SWEEP, str(tmp_path / f"single{n}"), str(n)],
-            cwd=ROOT,
-            env=_env(8),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert out.returncode == 0, out.stderr[-4000:]
+        out = _run_script(SWEEP, str(tmp_path / f"single{n}"), str(n))
         runs[n] = _rows(out.stdout)
     # Float rounding differs between reduction orders; measured 1.3e-4 at most.
     _same_rows(runs[1], runs[8], rtol=1e-3)

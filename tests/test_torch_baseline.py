@@ -16,6 +16,8 @@ STEPS = 6
 
 
 def _compare(model_fn, torch_model, method, x, steps=STEPS, rtol=2e-4):
+    """Equal losses step after step: each step's loss depends on the parameters the
+    previous steps left, so equal losses mean equal models, losses and optimiser updates."""
     rng = np.random.default_rng(0)
     n = x.shape[0]
     y = rng.normal(size=(n, 1)).astype(np.float32)
@@ -39,8 +41,6 @@ def _compare(model_fn, torch_model, method, x, steps=STEPS, rtol=2e-4):
         }
         loss = torch_baseline.train_step(torch_model, opt, method, tb, constants, cfg)
         np.testing.assert_allclose(float(loss), float(metrics["loss"]), rtol=rtol, atol=1e-6)
-    # Each step's loss depends on the parameters the previous steps left: equal losses
-    # over several steps mean equal models, losses and optimiser updates.
 
 
 @pytest.mark.parametrize("method", sorted(methods.METHODS))
