@@ -8,16 +8,39 @@ import math
 import os
 
 import numpy as np
+from absl import logging
 
 from kd_regression.fileio import atomic_write, atomic_write_text
 
 TEACHER = "teacher"
 DETECTION = ("rejection_rate", "precision", "recall")
+OUTPUTS = ("summary.md", "noise_sweep.png", "fits.png")  # what write_all writes
 
 
 def load_rows(path: str) -> list[dict]:
+    """The rows of a results.jsonl. A last line cut short (a write killed part way, by a
+    writer that does not replace the file atomically) is dropped with a warning; a bad line
+    anywhere else is an error naming the file and the line."""
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = f.read().split("\n")
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            if i == len(lines) - 1:  # no newline after it: the write never finished
+                logging.warning("%s: dropped a half-written last line (%s)", path, e)
+                continue
+            raise ValueError(
+                f"{path}, line {i + 1}: not a JSON object ({e}); the file was edited or "
+                "damaged: delete that line, or the file, and rerun to recompute"
+            ) from e
+        rows.append(row)
+    return rows
 
 
 def _label(method: str, head: str) -> str:
@@ -88,9 +111,13 @@ def summary_markdown(
     elapsed_s: float | None = None,
     setup: str | None = None,
     metric: tuple[str, str] = ("rmse", "test RMSE"),
+    failure: str | None = None,
 ) -> str:
+    """The summary; ``failure``: why the sweep stopped early (the tables hold what finished)."""
     rmse = aggregate(rows, metric[0])
     lines = ["# Noise sweep summary", ""]
+    if failure:
+        lines += [f"**The sweep stopped early:** {failure}", ""]
     if setup:
         lines += [setup, ""]
     if elapsed_s is not None:
@@ -191,8 +218,9 @@ def write_all(
     elapsed_s: float | None = None,
     setup: str | None = None,
     metric: tuple[str, str] = ("rmse", "test RMSE"),
+    failure: str | None = None,
 ) -> None:
-    text = summary_markdown(rows, elapsed_s=elapsed_s, setup=setup, metric=metric)
+    text = summary_markdown(rows, elapsed_s=elapsed_s, setup=setup, metric=metric, failure=failure)
     atomic_write_text(os.path.join(workdir, "summary.md"), text)
     plot_noise_sweep(rows, os.path.join(workdir, "noise_sweep.png"), metric)
     if fits is not None:

@@ -8,8 +8,11 @@ loss constants δ and η live in the train state, so they do not trigger recompi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import difflib
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -28,18 +31,50 @@ from jax.sharding import Mesh
 from experiments import report, tasks
 from kd_regression import input_pipeline, losses, models, noise, sharding, teacher_store, train
 from kd_regression.datasets import sinusoid
-from kd_regression.fileio import atomic_write_text
+from kd_regression.fileio import atomic_write, atomic_write_text
 from kd_regression.methods import LossConfig, get_method
 
 TEACHER = report.TEACHER
 # Where data are read from, not what they are: left out of the teacher's fingerprint.
 DATA_PATHS = ("data_dir", "manual_dir")
 FIT_GRID = 400  # points of the x grid drawn in fits.png
+RESULTS = "results.jsonl"
+CONFIG_FILE = "config.json"
+FITS_FILE = "fits.npz"  # the arrays of fits.png, so a resumed sweep can draw it again
+FAILURE_FILE = "failure.json"  # why the last run stopped (non-finite training), if it did
+# How a sweep runs, not what it computes: a resumed sweep may change these.
+# Keys the code reads with a default: a config may leave them out.
+OPTIONAL_KEYS = ("teacher.eval_every", "teacher.patience", "student.eval_every", "student.patience")
+RUN_KEYS = ("num_devices", "steps_per_call", "dataset.data_dir", "dataset.manual_dir")
+
+
+def _check_keys(config: ml_collections.ConfigDict) -> None:
+    """Every key is one the shipped config of the same dataset has (a misspelt key would
+    otherwise be ignored silently), and none of those is missing."""
+    module = f"experiments.configs.{config.dataset.name}"
+    known = set(_flatten(importlib.import_module(module).get_config().to_dict()))
+    known |= set(OPTIONAL_KEYS)
+    given = set(_flatten(config.to_dict()))
+    checked = lambda k: not k.startswith("noise.")  # noqa: E731  (noise models: see below)
+    for key in sorted(k for k in given - known if checked(k)):
+        section, _, leaf = key.rpartition(".")
+        prefix = f"{section}." if section else ""
+        names = sorted({k[len(prefix) :].split(".")[0] for k in known if k.startswith(prefix)})
+        close = difflib.get_close_matches(leaf, names, n=1)
+        raise ValueError(
+            f"unknown config key {key}"
+            + (f" (did you mean {prefix}{close[0]}?)" if close else "")
+            + f"; the keys {'of ' + section if section else 'at the top level'} are: "
+            + ", ".join(names)
+        )
+    for key in sorted(k for k in known - given if checked(k) and k not in OPTIONAL_KEYS):
+        raise ValueError(f"config key {key} is missing (see {module.replace('.', '/')}.py)")
 
 
 def validate(config: ml_collections.ConfigDict) -> LossConfig:
     """Checks the config before any work; returns the parsed loss config."""
     task = tasks.get_task(config.dataset.name)
+    _check_keys(config)
     task.validate(config.dataset)
     if config.num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {config.num_seeds}")
@@ -63,6 +98,22 @@ def validate(config: ml_collections.ConfigDict) -> LossConfig:
             }.get(kind, (True, ""))
             if not ok:
                 raise ValueError(f"noise.{kind}[{i}]={level}: must be {allowed}")
+    for part in ("teacher", "student"):
+        c = config[part]
+        for key, ok, allowed in (
+            ("learning_rate", math.isfinite(c.learning_rate) and c.learning_rate > 0, "> 0"),
+            ("num_steps", c.num_steps >= 1, ">= 1"),
+            ("checkpoint_every", c.checkpoint_every >= 1, ">= 1"),
+            ("eval_every", c.get("eval_every", 1) >= 1, ">= 1"),
+            ("patience", c.get("patience") is None or c.patience >= 1, "None (off) or >= 1"),
+        ):
+            if not ok:
+                raise ValueError(f"{part}.{key}={c.get(key)}: must be {allowed}")
+    if config.store.chunk_rows < 1 or config.store.parity_sample < 0:
+        raise ValueError(
+            f"store.chunk_rows={config.store.chunk_rows} (must be >= 1), store.parity_sample="
+            f"{config.store.parity_sample} (must be >= 0)"
+        )
     if config.teacher.folds < 0 or config.teacher.folds == 1:
         raise ValueError(f"teacher.folds={config.teacher.folds}: 0 (off) or k >= 2")
     if config.store.on_mismatch not in ("recompute", "fail"):
@@ -347,6 +398,11 @@ def _compute_store(directory, predict, **kwargs) -> teacher_store.TeacherStore:
     return teacher_store.open_store(directory, kwargs["fingerprint"], shape=kwargs["out_shape"])
 
 
+def _cell_name(kind: str, level: float, fold=None) -> str:
+    """The cell's directory name under checkpoints/ and teacher_store/."""
+    return f"{kind}_{level:g}" if fold is None else f"fold{fold}/{kind}_{level:g}"
+
+
 def run_cell(
     config: ml_collections.ConfigDict,
     loss_cfg: LossConfig,
@@ -359,7 +415,7 @@ def run_cell(
 ) -> tuple[list[dict], dict | None]:
     """Teacher, store, and every student for one (noise model, level[, fold]); returns
     rows, fits."""
-    cell = f"{kind}_{level:g}" if fold is None else f"fold{fold}/{kind}_{level:g}"
+    cell = _cell_name(kind, level, fold)
     t0 = time.time()
     data = _cell_data(config, kind, level, fold)
     teacher_cfg = {k: v for k, v in config.teacher.to_dict().items() if k != "checkpoint_every"}
@@ -516,45 +572,133 @@ def run_cell(
     return rows, fits
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Results in ``workdir`` belong to one config: refuse to mix another's rows in."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = _flatten(json.load(f))
+    except FileNotFoundError:
+        raise ValueError(
+            f"{workdir} holds {RESULTS} but no {CONFIG_FILE}, so which config made them is "
+            "unknown: use a new --workdir"
+        ) from None
+    except ValueError as e:
+        raise ValueError(f"{path} is damaged ({e}): use a new --workdir") from e
+    new = _flatten(json.loads(config.to_json_best_effort()))
+    absent = "<absent>"
+    changed = [
+        f"{k}: {old.get(k, absent)!r} -> {new.get(k, absent)!r}"
+        for k in sorted(set(old) | set(new))
+        if k not in RUN_KEYS and old.get(k, absent) != new.get(k, absent)
+    ]
+    if changed:
+        raise ValueError(
+            f"{workdir} holds the results of another config ({'; '.join(changed)}): rerun "
+            "with the same config to resume it, or use a new --workdir"
+        )
+
+
+def _finished_cells(workdir: str, config: ml_collections.ConfigDict) -> dict[tuple, list[dict]]:
+    """The cells whose rows are all in ``workdir``'s results.jsonl, by (fold, noise, level).
+
+    results.jsonl is rewritten whole (atomically) after each cell, so a cell is either in it
+    completely or not at all; a cell with missing or repeated rows (an edited file) is
+    recomputed, never duplicated.
+    """
+    path = os.path.join(workdir, RESULTS)
+    rows = report.load_rows(path) if os.path.exists(path) else []
+    if not rows:
+        return {}
+    _check_same_config(workdir, config)
+    heads = {TEACHER: [models.MAIN_HEAD]}
+    for name in config.methods:
+        two = get_method(name).two_heads
+        heads[name] = [models.LABEL_HEAD, models.TEACHER_HEAD] if two else [models.MAIN_HEAD]
+    expected = sorted((m, h, s) for m, hs in heads.items() for h in hs for s in _seeds(config))
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        cells.setdefault((r.get("fold"), r["noise"], float(r["level"])), []).append(r)
+    done = {}
+    for cell, cell_rows in cells.items():
+        if sorted((r["method"], r["head"], r["seed"]) for r in cell_rows) == expected:
+            done[cell] = cell_rows
+        else:
+            logging.warning(
+                "%s: cell %s has %d of %d rows: recomputed",
+                path,
+                _cell_name(cell[1], cell[2], cell[0]),
+                len(cell_rows),
+                len(expected),
+            )
+    return done
+
+
+def _save_fits(path: str, fits: dict) -> None:
+    atomic_write(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in fits.items()}))
+
+
+def _load_fits(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with np.load(path) as z:
+        return {k: z[k].item() if z[k].ndim == 0 else z[k] for k in z.files}
+
+
+def _remove_temporaries(workdir: str) -> None:
+    """Temporary files of writes a killed run left unfinished (their targets are intact)."""
+    ours = (RESULTS, CONFIG_FILE, FITS_FILE, FAILURE_FILE, *report.OUTPUTS)
+    for name in os.listdir(workdir):
+        if any(name.startswith(f"{target}.tmp") for target in ours):
+            logging.info("removing %s, left by an interrupted write", name)
+            os.remove(os.path.join(workdir, name))
+
+
+def _check_writable(workdir: str) -> None:
+    """Before any work: a workdir that cannot be written fails now, not after an hour."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write-test-{jax.process_index()}")
+        atomic_write_text(probe, "")
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(e.errno, f"workdir {workdir} is not writable: {e}") from e
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-    """Runs the whole sweep and writes results.jsonl, summary.md and the figures."""
+    """Runs the whole sweep and writes results.jsonl, summary.md and the figures.
+
+    Rerun with the same config and workdir, it resumes: cells already in results.jsonl are
+    skipped, and an unfinished teacher or student continues from its last checkpoint.
+    """
     loss_cfg = validate(config)
     primary = sharding.is_primary()  # the one process that writes shared files
-    os.makedirs(workdir, exist_ok=True)
+    _check_writable(workdir)
+    done = _finished_cells(workdir, config)
+    results_path = os.path.join(workdir, RESULTS)
+    fits_path = os.path.join(workdir, FITS_FILE)
     if primary:
-        atomic_write_text(
-            os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2)
-        )
+        _remove_temporaries(workdir)
+        atomic_write_text(os.path.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=2))
     writer = train.make_writer(os.path.join(workdir, "logs"))
     mesh = sharding.make_mesh(config.num_devices or None)
     logging.info("data-parallel over %d devices (%d processes)", mesh.size, jax.process_count())
     programs = _Programs(config, loss_cfg, mesh)
     rows: list[dict] = []
-    fits = None
+    fits = _load_fits(fits_path) if done else None
     t0 = time.time()
     task = tasks.get_task(config.dataset.name)
     folds = task.folds(config.dataset)
-    for fold in folds:
-        clean_rows = None  # level 0 is the same run under every noise model: run it once
-        for kind in config.noise:
-            for level in config.noise[kind]:
-                if float(level) == 0.0 and clean_rows is not None:
-                    cell_rows, cell_fits = [{**r, "noise": kind} for r in clean_rows], None
-                else:
-                    cell_rows, cell_fits = run_cell(
-                        config, loss_cfg, programs, kind, float(level), workdir, writer, fold
-                    )
-                if float(level) == 0.0:
-                    clean_rows = cell_rows
-                rows += cell_rows
-                fits = cell_fits or fits
-                if primary:
-                    atomic_write_text(
-                        os.path.join(workdir, "results.jsonl"),
-                        "".join(json.dumps(r) + "\n" for r in rows),
-                    )
-    elapsed = time.time() - t0
-    writer.close()
     setup = (
         f"Teacher: {config.teacher.method}, "
         + (
@@ -569,7 +713,55 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
             f" {len(folds)} folds (test people {folds}): each seed's number is its mean over "
             "the folds; mean and standard error are then over seeds."
         )
+    try:
+        for fold in folds:
+            clean_rows = None  # level 0 is the same run under every noise model: run it once
+            for kind in config.noise:
+                for level in config.noise[kind]:
+                    if (fold, kind, float(level)) in done:
+                        cell_rows, cell_fits = done[(fold, kind, float(level))], None
+                        name = _cell_name(kind, float(level), fold)
+                        logging.info("cell %s: in %s already, skipped", name, RESULTS)
+                    elif float(level) == 0.0 and clean_rows is not None:
+                        cell_rows, cell_fits = [{**r, "noise": kind} for r in clean_rows], None
+                    else:
+                        cell_rows, cell_fits = run_cell(
+                            config, loss_cfg, programs, kind, float(level), workdir, writer, fold
+                        )
+                    if float(level) == 0.0:
+                        clean_rows = cell_rows
+                    rows += cell_rows
+                    if primary and cell_fits is not None:  # before the rows that mark it done
+                        _save_fits(fits_path, cell_fits)
+                    fits = cell_fits or fits
+                    if primary and cell_rows is not done.get((fold, kind, float(level))):
+                        text = "".join(json.dumps(r) + "\n" for r in rows)
+                        atomic_write_text(results_path, text)  # rows of finished cells only
+    except train.NonFiniteError as e:
+        if primary:  # the report of what finished, and of what went bad
+            failure = {
+                "fit": e.name,
+                "step": e.step,
+                "metrics": e.metrics,
+                "members": e.members,
+                "last_good_checkpoint": e.checkpoint_dir,
+                "last_good_step": e.checkpoint_step,
+                "error": str(e),
+            }
+            atomic_write_text(
+                os.path.join(workdir, FAILURE_FILE), json.dumps(failure, indent=2) + "\n"
+            )
+            atomic_write_text(
+                os.path.join(workdir, "summary.md"),
+                report.summary_markdown(rows, setup=setup, metric=task.metric, failure=str(e)),
+            )
+        raise
+    finally:
+        writer.close()
+    elapsed = time.time() - t0
     if primary:
+        with contextlib.suppress(FileNotFoundError):  # a failure of an earlier run: fixed
+            os.remove(os.path.join(workdir, FAILURE_FILE))
         report.write_all(rows, fits, workdir, elapsed_s=elapsed, setup=setup, metric=task.metric)
         print(f"sweep finished in {elapsed:.1f}s; results in {workdir}", flush=True)
     return rows

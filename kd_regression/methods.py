@@ -11,6 +11,7 @@ Hyper-parameter defaults in :class:`LossConfig` are our choices; the paper (Taka
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -42,18 +43,25 @@ class LossConfig:
     multitask_weight: float = 1.0  # λ of the teacher head
 
     def __post_init__(self):
-        checks = {
-            "huber_delta": self.huber_delta > 0,
-            "mix_alpha": 0.0 <= self.mix_alpha <= 1.0,
-            "bounded_weight": self.bounded_weight >= 0,
-            "ail_alpha": 0.0 <= self.ail_alpha <= 1.0,
-            "threshold_k": self.threshold_k > 0,
-            "threshold_q": 0.0 <= self.threshold_q <= 1.0,
-            "multitask_weight": self.multitask_weight >= 0,
+        checks = {  # field: (valid, what is allowed)
+            "huber_delta": (self.huber_delta > 0, "> 0"),
+            "mix_alpha": (0.0 <= self.mix_alpha <= 1.0, "in [0, 1]"),
+            "bounded_margin": (math.isfinite(self.bounded_margin), "finite"),
+            "bounded_weight": (self.bounded_weight >= 0, ">= 0"),
+            "ail_alpha": (0.0 <= self.ail_alpha <= 1.0, "in [0, 1]"),
+            "threshold_k": (self.threshold_k > 0, "> 0"),
+            "threshold_q": (0.0 <= self.threshold_q <= 1.0, "in [0, 1]"),
+            "threshold_value": (self.threshold_value is None or self.threshold_value >= 0, ">= 0"),
+            "multitask_weight": (self.multitask_weight >= 0, ">= 0"),
         }
-        bad = [k for k, ok in checks.items() if not ok]
+        # `not (x > 0)` also refuses NaN.
+        bad = [
+            f"{k}={getattr(self, k)} (must be {allowed})"
+            for k, (ok, allowed) in checks.items()
+            if not ok
+        ]
         if bad:
-            raise ValueError(f"loss config: invalid value for {', '.join(bad)}: {self}")
+            raise ValueError(f"loss config: invalid {'; '.join(bad)}")
         if self.threshold_method not in losses.THRESHOLD_METHODS:
             raise ValueError(
                 f"loss config: threshold_method={self.threshold_method!r} is not one of "

@@ -14,6 +14,7 @@ import functools
 import itertools
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
@@ -33,8 +34,10 @@ from kd_regression.models import Heads
 
 __all__ = [
     "METHODS",
+    "CheckpointWriteError",
     "FitResult",
     "LossConfig",
+    "NonFiniteError",
     "TrainState",
     "fit",
     "get_method",
@@ -306,6 +309,107 @@ class FitResult(NamedTuple):
     steps_run: int
 
 
+def _checkpoint_words(checkpoint_dir: str | None, checkpoint_step: int | None) -> str:
+    if checkpoint_dir is None:
+        return "no checkpoint (no checkpoint_dir)"
+    if checkpoint_step is None:
+        return f"no checkpoint in {checkpoint_dir}"
+    return f"step {checkpoint_step} in {checkpoint_dir}"
+
+
+class NonFiniteError(FloatingPointError):
+    """:func:`fit` stopped: a train step's loss or gradient was NaN or infinite.
+
+    The update of the members that went bad was not applied at that step (see
+    :func:`make_train_step`), and no state from that step on was checkpointed: the last good
+    checkpoint (if any) is the latest one on disk, kept as it was.
+
+    Attributes:
+      name: ``fit``'s ``name``.
+      step: the first step (1-based: the state's step after it) that was not finite.
+      metrics: which went bad: ``["loss"]``, ``["grad_norm"]`` or both, over ``members``.
+      members: the population members that went bad (indices on the leading population
+        axis; ``[0]`` for a state without one).
+      checkpoint_dir: ``fit``'s ``checkpoint_dir`` (absolute), or None.
+      checkpoint_step: the step of the last good checkpoint there, or None if none.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        step: int,
+        metrics: list[str],
+        members: list[int],
+        checkpoint_dir: str | None = None,
+        checkpoint_step: int | None = None,
+        detail: str = "",
+    ):
+        self.name, self.step, self.metrics, self.members = name, step, metrics, members
+        self.checkpoint_dir, self.checkpoint_step = checkpoint_dir, checkpoint_step
+        self._detail = detail
+        what = " and ".join(metrics) or "loss or gradient"
+        super().__init__(
+            f"{name}: non-finite {what} at step {step}{detail}; parameters were left at "
+            "their last finite values; last good checkpoint: "
+            f"{_checkpoint_words(checkpoint_dir, checkpoint_step)}"
+        )
+
+    def __reduce__(self):
+        args = (self.name, self.step, self.metrics, self.members, self.checkpoint_dir)
+        return type(self), (*args, self.checkpoint_step, self._detail)
+
+
+_TENSORSTORE_SPEC = re.compile(r" \[tensorstore_spec='.*?'\]")
+_TENSORSTORE_ERRNO = re.compile(r"\[os_error_code='(\d+)'\]")
+
+
+class CheckpointWriteError(OSError):
+    """:func:`fit` could not write a checkpoint (e.g. the disk is full).
+
+    The orbax error is the ``__cause__``; ``errno`` is its errno where it has one. The
+    step being saved was not made a checkpoint (orbax writes a temporary directory and
+    renames it only once complete); the previous checkpoint is kept, and a rerun of
+    :func:`fit` with the same ``checkpoint_dir`` resumes from it.
+
+    Attributes:
+      name: ``fit``'s ``name``.
+      step: the step whose checkpoint failed.
+      checkpoint_dir: the checkpoint directory (absolute).
+      checkpoint_step: the previous checkpoint's step (kept), or None if none.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        step: int,
+        checkpoint_dir: str,
+        checkpoint_step: int | None,
+        error: BaseException,
+    ):
+        self.name, self.step = name, step
+        self.checkpoint_dir, self.checkpoint_step = checkpoint_dir, checkpoint_step
+        self._error = error
+        code = getattr(error, "errno", None)
+        # TensorStore (orbax's array writer) raises ValueErrors that carry the OS error
+        # code and a long JSON spec of the array: the code is kept, the spec left out.
+        text = _TENSORSTORE_SPEC.sub("", str(error))
+        if code is None and (found := _TENSORSTORE_ERRNO.search(text)):
+            code = int(found.group(1))
+        message = (
+            f"{name}: could not write the checkpoint of step {step} to {checkpoint_dir}: "
+            f"{type(error).__name__}: {text}; last good checkpoint: "
+            f"{_checkpoint_words(checkpoint_dir, checkpoint_step)}"
+        )
+        if isinstance(code, int):
+            super().__init__(code, message)
+        else:
+            super().__init__(message)
+
+    def __reduce__(self):
+        args = (self.name, self.step, self.checkpoint_dir, self.checkpoint_step, self._error)
+        return type(self), args
+
+
 def _stack(batches: list[Batch], axis: int) -> Batch:
     """Per-step batches (from an iterator without ``next_block``) stacked on ``axis``."""
     return {key: np.stack([b[key] for b in batches], axis=axis) for key in batches[0]}
@@ -322,17 +426,35 @@ def _per_step(pending: list[tuple[Metrics, int | None]], axis: int) -> list[Metr
     return out
 
 
-def _summarise(host: list[Metrics], first_step: int) -> dict[str, float]:
-    """Means of a window of per-step host metrics; raises on the first non-finite step."""
+_CHECKED = ("loss", "grad_norm")  # the metrics whose finiteness a train step checks
+
+
+def _first_non_finite(host: list[Metrics], first_step: int) -> dict[str, Any] | None:
+    """The first step of a window of per-step host metrics that was not finite, or None.
+
+    ``finite`` (from the step) says whether a step went bad; which of ``loss`` and
+    ``grad_norm`` did is read from their values, over the members that went bad.
+    """
     for i, m in enumerate(host):
         finite = np.asarray(m["finite"])
-        if not finite.all():
-            members = np.flatnonzero(~finite.reshape(-1)).tolist()
-            raise FloatingPointError(
-                f"non-finite loss or gradient at step {first_step + i} "
-                f"(population members {members}; loss={np.asarray(m['loss']).tolist()}); "
-                "parameters were left at their last finite values"
-            )
+        if finite.all():
+            continue
+        bad = ~finite.reshape(-1)
+        values = {
+            key: np.asarray(m[key], np.float64).reshape(-1)[bad] for key in _CHECKED if key in m
+        }
+        return {
+            "step": first_step + i,
+            "metrics": [key for key, v in values.items() if not np.isfinite(v).all()],
+            "members": np.flatnonzero(bad).tolist(),
+            "population": finite.ndim > 0,
+            "values": {key: v.tolist() for key, v in values.items()},
+        }
+    return None
+
+
+def _summarise(host: list[Metrics]) -> dict[str, float]:
+    """Means of a window of per-step host metrics (checked finite already)."""
     keys = [k for k in host[0] if k != "finite"]
     return {k: float(np.mean([np.mean(m[k]) for m in host])) for k in keys}
 
@@ -383,6 +505,15 @@ def fit(
         batch's example axis moves to ``batch_axis + 1``); used wherever no log,
         evaluation or checkpoint falls inside the block, so the results are those of
         single steps. Fewer calls: small models are no longer bound by dispatch.
+
+    Raises:
+      NonFiniteError: a step's loss or gradient was NaN or infinite (its update was not
+        applied). Every step's metrics are checked at each log, evaluation and checkpoint,
+        so no checkpoint holds a state from that step on; the error names the step, the
+        metrics and members that went bad, and the last good checkpoint, which is kept.
+      CheckpointWriteError: a checkpoint could not be written (e.g. the disk is full; an
+        asynchronous save's failure is raised too, at the latest when ``fit`` returns).
+        The previous checkpoint is kept, and a rerun resumes from it.
     """
     for arg, value in (
         ("num_steps", num_steps),
@@ -407,24 +538,97 @@ def fit(
     stopped = False
     manager = None
     start = int(np.max(jax.device_get(state.step)))
+    # The latest complete checkpoint, and a save that may still be in flight (orbax saves
+    # asynchronously). Tracked here: orbax's own list forgets the older step as soon as a
+    # newer save starts, though it deletes it from disk only once that save is complete.
+    good_step = saving = None
     if checkpoint_dir is not None:
+        checkpoint_dir = os.path.abspath(checkpoint_dir)
         manager = ocp.CheckpointManager(
-            os.path.abspath(checkpoint_dir), options=ocp.CheckpointManagerOptions(max_to_keep=1)
+            checkpoint_dir,
+            # cleanup_tmp_directories: a save that failed part way (a full disk, a crash)
+            # leaves only a temporary directory, never a step; it is removed here.
+            options=ocp.CheckpointManagerOptions(max_to_keep=1, cleanup_tmp_directories=True),
         )
         if manager.latest_step() is not None:
             template = {"state": state, "best": state, "aux": _aux_template(state)}
             restored = manager.restore(
                 manager.latest_step(), args=ocp.args.StandardRestore(template)
             )
-            state, best = restored["state"], restored["best"]
-            if eval_fn is not None:
+            state = restored["state"]
+            if eval_fn is not None:  # without evaluations the best state is the last one
+                best = restored["best"]
                 best_val = np.asarray(restored["aux"]["best_val"])
                 best_step = np.asarray(restored["aux"]["best_step"])
                 since_best = int(restored["aux"]["since_best"])
             stopped = bool(restored["aux"]["stopped"])
-            start = int(manager.latest_step())
+            start = good_step = int(manager.latest_step())
             logging.info("%s: resumed from checkpoint at step %d", name, start)
 
+    def finish_save():
+        """Waits for the save in flight; its failure is raised as a CheckpointWriteError."""
+        nonlocal good_step, saving
+        if saving is None:
+            return
+        saved, saving = saving, None
+        try:
+            manager.wait_until_finished()
+        except Exception as e:
+            raise CheckpointWriteError(name, saved, checkpoint_dir, good_step, e) from e
+        good_step = saved
+
+    def save(step: int, items: dict[str, Any]):
+        nonlocal saving
+        finish_save()
+        try:
+            manager.save(step, args=ocp.args.StandardSave(items))
+        except Exception as e:
+            raise CheckpointWriteError(name, step, checkpoint_dir, good_step, e) from e
+        saving = step
+
+    def close(failed: bool):
+        """Finishes the save in flight and closes the manager; a failure is raised unless
+        another error is on its way out of ``fit`` already (then it is logged)."""
+        try:
+            finish_save()
+        except CheckpointWriteError:
+            if not failed:
+                failed = True
+                raise
+            logging.exception("%s: the last checkpoint save failed too", name)
+        finally:
+            try:
+                manager.close()
+            except Exception:
+                if not failed:
+                    raise
+                # The error on its way out says what went wrong; orbax may raise the
+                # failed save's errors more than once.
+                logging.exception("%s: closing the checkpoint manager after an error", name)
+
+    def drain(window: list[Metrics], pending: list[tuple[Metrics, int | None]], step: int):
+        """Host copies of the pending metrics appended to the window, which is checked."""
+        window += _per_step(pending, batch_axis)
+        pending.clear()
+        bad = _first_non_finite(window, step - len(window) + 1)
+        if bad is not None:
+            try:
+                finish_save()  # so that the last good checkpoint named is complete on disk
+            except CheckpointWriteError:
+                # Both went wrong: the non-finite step is raised (naming the checkpoint
+                # before the failed one), the failed save logged.
+                logging.exception("%s: a checkpoint save failed before a non-finite step", name)
+            raise NonFiniteError(
+                name,
+                bad["step"],
+                bad["metrics"],
+                bad["members"],
+                checkpoint_dir,
+                good_step,
+                _non_finite_detail(bad),
+            )
+
+    failed = False
     try:
         window: list[Metrics] = []  # per-step metrics since the last log (host copies)
         pending: list[tuple[Metrics, int | None]] = []  # device metrics, steps per call
@@ -459,9 +663,8 @@ def fit(
                     pending.append((metrics, None))
                     step += 1
             if step % log_every == 0 or step == num_steps:
-                window += _per_step(pending, batch_axis)
-                pending = []
-                scalars = _summarise(window, step - len(window) + 1)
+                drain(window, pending, step)
+                scalars = _summarise(window)
                 window = []
                 if writer is not None:
                     writer.write_scalars(step, {f"{name}/{key}": v for key, v in scalars.items()})
@@ -478,10 +681,7 @@ def fit(
             if eval_fn is not None and (step % eval_every == 0 or step == num_steps):
                 # No evaluation of a state that went non-finite; the host copies are kept
                 # for the next log.
-                window += _per_step(pending, batch_axis)
-                pending = []
-                if window:
-                    _summarise(window, step - len(window) + 1)
+                drain(window, pending, step)
                 val = np.asarray(jax.device_get(eval_fn(state)), np.float64)
                 if best_val is None:
                     best_val, best_step = np.full_like(val, np.inf), np.zeros(val.shape, np.int64)
@@ -496,31 +696,39 @@ def fit(
             if manager is not None and (
                 step % checkpoint_every == 0 or step == num_steps or stopped
             ):
+                # Every step since the last check is checked before the save: a checkpoint
+                # never holds a state that went non-finite.
+                drain(window, pending, step)
                 aux = _aux_template(state)
                 aux.update(since_best=since_best, stopped=stopped)
                 if best_val is not None:
                     aux.update(best_val=best_val, best_step=best_step)
-                manager.save(
-                    step,
-                    args=ocp.args.StandardSave(
-                        {"state": state, "best": state if best is None else best, "aux": aux}
-                    ),
-                )
+                save(step, {"state": state, "best": state if best is None else best, "aux": aux})
             if stopped:
                 logging.info("%s: early stop at step %d (best %s)", name, step, best_step)
                 break
-        window += _per_step(pending, batch_axis)
-        if window:
-            _summarise(window, step - len(window) + 1)
+        drain(window, pending, step)
         if writer is not None:
             writer.flush()
         logging.info("%s: %d steps in %.1fs", name, step - start, time.time() - t0)
         final = best if eval_fn is not None else state
         return FitResult(final, state, best_val, best_step, step)
+    except BaseException:
+        failed = True
+        raise
     finally:  # a crash must not leave an asynchronous checkpoint save half done
         if manager is not None:
-            manager.wait_until_finished()
-            manager.close()
+            close(failed)
+
+
+def _non_finite_detail(bad: Mapping[str, Any]) -> str:
+    """`` (loss nan, grad_norm 0.5)``, or with members ``[1]: loss [nan], ...``."""
+    if bad["population"]:
+        values = ", ".join(
+            f"{k} [{', '.join(f'{x:.6g}' for x in v)}]" for k, v in bad["values"].items()
+        )
+        return f" (population members {bad['members']}: {values})"
+    return " (" + ", ".join(f"{k} {v[0]:.6g}" for k, v in bad["values"].items()) + ")"
 
 
 def _select_members(mask: np.ndarray, new: Any, old: Any) -> Any:

@@ -183,7 +183,14 @@ def test_rerun_resumes_and_a_changed_config_does_not(tmp_path):
     assert len(teacher_dirs()) == 1
     assert sweep.run(_small_config(), str(tmp_path)) == first  # resumed, same numbers
     assert len(teacher_dirs()) == 1
-    # The Huber teacher's loss depends on loss.huber_delta: a new value is a new teacher.
+    # Results of one config are never mixed with, or replaced by, another's.
+    results = (tmp_path / "results.jsonl").read_bytes()
+    with pytest.raises(ValueError, match=r"another config \(loss.huber_delta: 0.1 -> 1.0\)"):
+        sweep.run(_small_config(**{"loss.huber_delta": 1.0}), str(tmp_path))
+    assert (tmp_path / "results.jsonl").read_bytes() == results
+    # With the results moved away, checkpoints are still reused by what made them. The
+    # Huber teacher's loss depends on loss.huber_delta: a new value is a new teacher.
+    os.rename(tmp_path / "results.jsonl", tmp_path / "old-results.jsonl")
     changed = sweep.run(_small_config(**{"loss.huber_delta": 1.0}), str(tmp_path))
     assert len(teacher_dirs()) == 2
     teacher = [r["rmse"] for r in changed if r["method"] == "teacher"]
@@ -207,3 +214,90 @@ def test_impossible_noise_levels_are_refused_before_any_work(noise, match):
     config.noise = noise
     with pytest.raises(ValueError, match=match):
         sweep.validate(config)
+
+
+def _with(config, key: str, value):
+    *path, leaf = key.split(".")
+    node = config
+    for p in path:
+        node = node[p]
+    if value is _DELETE:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return config
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        (
+            "student.learnin_rate",
+            0.1,
+            r"unknown config key student.learnin_rate \(did you mean student.learning_rate\?\); "
+            r"the keys of student are: batch_size, checkpoint_every, eval_every, hidden, ",
+        ),
+        ("studnt", 1, r"unknown config key studnt \(did you mean student\?\); the keys at the "),
+        ("loss.threshold_kk", 3.0, r"loss.threshold_kk \(did you mean loss.threshold_k\?\)"),
+        ("student.num_steps", _DELETE, "config key student.num_steps is missing"),
+        ("methods", ("tor", "no_such"), r"method='no_such' is not one of \['ail', 'bounded'"),
+        ("loss.threshold_k", 0.0, r"invalid threshold_k=0.0 \(must be > 0\)"),
+        ("loss.threshold_k", -1.0, r"invalid threshold_k=-1.0 \(must be > 0\)"),
+        ("loss.mix_alpha", 1.5, r"invalid mix_alpha=1.5 \(must be in \[0, 1\]\)"),
+        ("loss.threshold_method", "iqr", r"threshold_method='iqr' is not one of"),
+        ("student.batch_size", 401, r"student.batch_size=401 must be in \[1, 400\]"),
+        ("teacher.learning_rate", -1e-3, r"teacher.learning_rate=-0.001: must be > 0"),
+        ("teacher.num_steps", 0, r"teacher.num_steps=0: must be >= 1"),
+        ("student.patience", 0, r"student.patience=0: must be None \(off\) or >= 1"),
+        ("teacher.folds", 1, r"teacher.folds=1: 0 \(off\) or k >= 2"),
+        ("num_seeds", 0, "num_seeds must be >= 1"),
+        ("store.chunk_rows", 0, r"store.chunk_rows=0 \(must be >= 1\)"),
+        ("inference_head", "main", r"inference_head='main': 'label' or 'teacher'"),
+    ],
+)
+def test_bad_config_values_are_refused_naming_key_and_allowed_values(key, value, match):
+    config = _with(sinusoid_config.get_config("quick"), key, value)
+    with pytest.raises(ValueError, match=match):
+        sweep.validate(config)
+
+
+def test_every_shipped_config_passes_validation():
+    from experiments.configs import faces, mpiigaze, multipie
+
+    for module in (sinusoid_config, faces, mpiigaze, multipie):
+        for arg in (None, "quick"):
+            sweep._check_keys(module.get_config(arg))
+
+
+def test_a_workdir_that_cannot_be_written_fails_before_any_work(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("kept")
+    with pytest.raises(OSError, match=f"workdir {blocker}/run is not writable"):
+        sweep.run(_small_config(), str(blocker / "run"))
+    assert blocker.read_text() == "kept"
+    assert sorted(os.listdir(tmp_path)) == ["a-file"]
+
+
+def test_a_student_that_diverges_stops_the_sweep_and_the_report_says_why(tmp_path):
+    from kd_regression import train
+
+    config = _small_config(**{"student.learning_rate": 1e30})  # Adam steps of 1e30: overflow
+    with pytest.raises(train.NonFiniteError) as raised:
+        sweep.run(config, str(tmp_path))
+    e = raised.value
+    assert e.name == "outliers_0.3/scratch_l2" and "loss" in e.metrics
+    failure = json.loads((tmp_path / "failure.json").read_text())
+    assert failure["fit"] == e.name and failure["step"] == e.step
+    assert failure["metrics"] == e.metrics and failure["error"] == str(e)
+    summary = (tmp_path / "summary.md").read_text()
+    assert f"**The sweep stopped early:** {e}" in summary
+    assert "non-finite loss" in summary
+    assert not (tmp_path / "results.jsonl").exists()  # no cell finished
+    # The teacher's checkpoint is kept: the fixed config resumes it, and the report is clean.
+    fixed = sweep.run(_small_config(), str(tmp_path))
+    assert not (tmp_path / "failure.json").exists()
+    assert "stopped early" not in (tmp_path / "summary.md").read_text()
+    assert fixed == sweep.run(_small_config(), str(tmp_path / "fresh"))

@@ -192,3 +192,58 @@ def test_next_block_stacks_the_next_steps(population):
     for a, b in zip(whole, got, strict=True):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
+
+
+@pytest.mark.parametrize(
+    "key, where, value, population, message",
+    [
+        ("x", (7, 0), np.nan, None, r"arrays\['x'\] row 7 holds nan"),
+        ("y", (3, 0), -np.inf, None, r"arrays\['y'\] row 3 holds -inf"),
+        ("teacher", (1, 6, 0), np.inf, 2, r"arrays\['teacher'\] row 6 of member 1 holds inf"),
+    ],
+)
+def test_non_finite_values_are_refused_naming_key_and_first_row(
+    key, where, value, population, message
+):
+    arrays = _arrays(population=population)
+    arrays["teacher"] = arrays["y"] + 1
+    arrays[key] = arrays[key].copy()
+    arrays[key][where] = value
+    later = (*where[:-2], where[-2] + 1, where[-1])  # a second bad row: the first is named
+    arrays[key][later] = np.nan
+    with pytest.raises(ValueError, match=message):
+        input_pipeline.batches(arrays, batch_size=BS, seed=0, population=population)
+
+
+def test_non_finite_check_spans_blocks_and_leaves_other_arrays_alone(monkeypatch):
+    monkeypatch.setattr(input_pipeline, "_CHECK_ELEMENTS", 4)  # 2 rows of 2 per block
+    x = np.zeros((9, 2), np.float32)
+    x[8, 1] = np.nan  # in the last, partial block
+    with pytest.raises(ValueError, match=r"arrays\['x'\] row 8 holds nan"):
+        input_pipeline.batches({"x": x}, batch_size=2, seed=0)
+    x[8, 1] = 0.0
+    strided = np.zeros((9, 4), np.float32)[:, ::2]
+    strided[2, 1] = np.inf
+    with pytest.raises(ValueError, match=r"arrays\['x'\] row 2 holds inf"):
+        input_pipeline.batches({"x": strided}, batch_size=2, seed=0)
+
+    class Store:  # a teacher store stand-in that records every read
+        shape, ndim, reads = (9, 1), 2, []
+
+        def __getitem__(self, key):
+            self.reads.append(key)
+            return np.full((len(key), 1), np.nan, np.float32)
+
+    store = Store()
+    it = input_pipeline.batches({"x": x, "teacher": store, "i": np.arange(9)}, batch_size=2, seed=0)
+    assert store.reads == []  # not read, so not checked, at construction
+    next(it)
+    assert len(store.reads) == 1
+
+
+def test_arrays_with_different_row_counts_name_each_size():
+    arrays = {"x": np.zeros((10, 1), np.float32), "y": np.zeros((9, 1), np.float32)}
+    with pytest.raises(
+        ValueError, match=r"share their example axis 0; got sizes \{'x': 10, 'y': 9\}"
+    ):
+        input_pipeline.batches(arrays, batch_size=2, seed=0)

@@ -1,6 +1,7 @@
 """Tests for kd_regression.losses: jitted losses against independent NumPy references."""
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -514,3 +515,39 @@ def test_traced_hyperparameters_are_not_checked_and_still_jit():
     ref = np_tor(s, y, t, thr, "drop") + alpha * np_sq(s, y)
     ref += (1 - alpha) * np.clip(1 - np_sq(t, y) / eta, 0, 1) * np_sq(s, t)
     _assert_close(fn(jnp.float32(thr), jnp.float32(eta), jnp.float32(alpha)), ref)
+
+
+# --- the silent broadcast: [B, 1] against [B] (or [1, d]) -------------------------------
+
+BROADCAST_CASES = {
+    "squared_error": (losses.squared_error, 2, {}),
+    "absolute_error": (losses.absolute_error, 2, {}),
+    "huber": (losses.huber, 2, {}),
+    "teacher_residual": (losses.teacher_residual, 2, {}),
+    "outlier_mask": (losses.outlier_mask, 2, {"threshold": 1.0}),
+    "teacher_outlier_rejection": (losses.teacher_outlier_rejection, 3, {"threshold": 1.0}),
+    "teacher_bounded_regression": (losses.teacher_bounded_regression, 3, {}),
+    "attentive_imitation": (losses.attentive_imitation, 3, {"eta": 1.0}),
+    "mixed_distillation": (losses.mixed_distillation, 3, {}),
+    "multitask_distillation": (losses.multitask_distillation, 4, {"threshold": 1.0}),
+}
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("name", sorted(BROADCAST_CASES))
+def test_broadcastable_shapes_are_refused_naming_the_argument(name, jit):
+    """`[B, 1] - [B]` broadcasts to `[B, B]` and `[B, d] - [1, d]` to `[B, d]`: silently
+    wrong losses. Every loss refuses both, naming the argument (at trace time under jit)."""
+    fn, n, kwargs = BROADCAST_CASES[name]
+    names = list(inspect.signature(fn).parameters)[:n]
+    call = jax.jit(functools.partial(fn, **kwargs)) if jit else functools.partial(fn, **kwargs)
+    good = np.zeros((BATCH, 1), np.float32)
+    for i, arg in enumerate(names):
+        args = [good] * n
+        args[i] = np.zeros(BATCH, np.float32)
+        with pytest.raises(ValueError, match=rf"`{arg}` must be a 2-D .* got shape \({BATCH},\)"):
+            call(*args)
+        args[i] = np.zeros((1, 1), np.float32)
+        with pytest.raises(ValueError, match="Shapes must match") as e:
+            call(*args)
+        assert f"`{arg}` has shape (1, 1)" in str(e.value)

@@ -274,3 +274,20 @@ def test_single_frame_day_stored_without_its_leading_one(tmp_path):
     assert day["filenames"] == ["0007.jpg"]
     assert day["left"]["image"].shape == (1, 36, 60) and day["right"]["gaze"].shape == (1, 3)
     np.testing.assert_array_equal(day["left"]["image"][0], eye["image"])
+
+
+def test_non_finite_label_of_a_frame_no_sample_list_uses_is_ignored(tmp_path):
+    # Day files hold more frames than the evaluation subset; only listed ones are checked.
+    fakes.write_mpiigaze(str(tmp_path / "manual"))
+    path = tmp_path / "manual" / "MPIIGaze" / "Data" / "Normalized" / "p03" / "day03.mat"
+    mat = scipy.io.loadmat(str(path), squeeze_me=False, struct_as_record=False)
+    eyes = {}
+    for side in ("left", "right"):
+        eye = getattr(mat["data"][0, 0], side)[0, 0]
+        eyes[side] = {k: np.array(getattr(eye, k)) for k in ("gaze", "image", "pose")}
+    eyes["right"]["gaze"][1] = np.nan  # the right eye of frame 2: not in p03.txt
+    eyes["right"]["pose"][1] = np.inf
+    scipy.io.savemat(str(path), {"data": eyes, "filenames": mat["filenames"]})
+    data = mpiigaze.load(str(tmp_path / "data"), str(tmp_path / "manual"), people=[3])
+    assert np.isfinite(data["gaze"]).all() and np.isfinite(data["head_pose"]).all()
+    assert len(data["index"]) == len(fakes.MPII_DAYS) + sum(n for _, n in fakes.MPII_DAYS)

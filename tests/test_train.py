@@ -1,18 +1,25 @@
 """Tests for kd_regression.train: state, pure train step, population, fit loop, metrics."""
 
+import errno
 import functools
 import glob
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from kd_regression import input_pipeline, losses, models, train
+from kd_regression import input_pipeline, losses, methods, models, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TX = optax.adam(0.05)
 BS = 16
@@ -266,8 +273,204 @@ def test_non_finite_member_of_population():
     np.testing.assert_array_equal(metrics["finite"], [True, False])
     assert not _trees_equal(_member(new.params, 0), _member(pop.params, 0))
     _assert_trees_equal(_member(new.params, 1), _member(pop.params, 1))
-    with pytest.raises(FloatingPointError, match=r"step 1 \(population members \[1\]"):
+    with pytest.raises(train.NonFiniteError) as info:
         train.fit(pop, step, lambda start: iter([batch] * 3), num_steps=3)
+    # An infinite label: an infinite loss, and a gradient through it that is not finite.
+    assert (info.value.step, info.value.members) == (1, [1])
+    assert info.value.metrics == ["loss", "grad_norm"]
+    assert str(info.value).startswith(
+        "train: non-finite loss and grad_norm at step 1 (population members [1]: loss [inf], "
+    )
+
+
+def _with_bad_label(bad_step, label):
+    """``batches(start)`` of the line, but the batch of step ``bad_step`` (1-based) has one
+    label set to ``label``."""
+
+    def batches(start):
+        for i, batch in enumerate(_start_batches(_line(), start)):
+            if start + i + 1 == bad_step:
+                batch = {**batch, "y": batch["y"].copy()}
+                batch["y"][3, 0] = label
+            yield batch
+
+    return batches
+
+
+def _checkpoints(directory):
+    """The steps orbax reads as checkpoints in ``directory``, and the latest one's tree."""
+    with ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(read_only=True)
+    ) as m:
+        steps = m.all_steps()
+        return steps, m.restore(steps[-1], args=ocp.args.StandardRestore()) if steps else None
+
+
+def _assert_checkpoint_holds(tree, state):
+    """A restored ``{"state": ...}`` tree (nested dicts) holds exactly ``state``."""
+    assert int(tree["state"]["step"]) == int(state.step)
+    for field in ("params", "opt_state", "model_state"):
+        _assert_trees_equal(tree["state"][field], getattr(state, field))
+
+
+@pytest.mark.parametrize(
+    ("method", "label", "bad"),
+    [
+        ("scratch_l2", np.nan, ["loss", "grad_norm"]),  # NaN in, NaN gradient
+        ("scratch_l1", np.inf, ["loss"]),  # |s - inf| = inf, its gradient sign(s - inf) = -1
+    ],
+)
+def test_non_finite_step_is_never_checkpointed(tmp_path, method, label, bad):
+    """Logs every 5 steps, checkpoints every 3, step 7 goes bad: checked only at the log of
+    step 10, the checkpoint of step 9 would hold the state after it. It is checked before
+    that save instead, and the checkpoint of step 6 is the last good one, kept."""
+    _, state, step = _setup(method)
+    ckpt = str(tmp_path / "ckpt")
+    with pytest.raises(train.NonFiniteError) as info:
+        train.fit(
+            state,
+            step,
+            _with_bad_label(7, label),
+            num_steps=12,
+            log_every=5,
+            checkpoint_every=3,
+            checkpoint_dir=ckpt,
+            name="student",
+        )
+    e = info.value
+    assert isinstance(e, FloatingPointError)
+    assert (e.name, e.step, e.metrics, e.members) == ("student", 7, bad, [0])
+    assert (e.checkpoint_dir, e.checkpoint_step) == (ckpt, 6)
+    message = str(e)
+    assert message.startswith(f"student: non-finite {' and '.join(bad)} at step 7 (loss ")
+    assert message.endswith(
+        "; parameters were left at their last finite values; "
+        f"last good checkpoint: step 6 in {ckpt}"
+    )
+    assert os.listdir(ckpt) == ["6"]
+    steps, tree = _checkpoints(ckpt)
+    assert steps == [6]
+    _assert_checkpoint_holds(tree, _reference_states(state, step, 6)[6])
+    assert all(np.isfinite(leaf).all() for leaf in _host(tree["state"]["params"]))
+
+
+def _euclidean(heads, batch, constants, cfg):
+    # ||s - y||₂ straight from jnp.linalg.norm, whose gradient is NaN where s == y.
+    return jnp.linalg.norm(heads["main"] - batch["y"], axis=-1), {}
+
+
+def test_non_finite_gradient_of_a_finite_loss(tmp_path):
+    """A Euclidean-error loss ||s - y||₂ is finite, its gradient NaN, where s == y."""
+    graphdef, state, _ = _setup()
+    method = methods.Method("euclidean", False, False, _euclidean, "||s - y||₂")
+    step = jax.jit(train.make_train_step(graphdef, TX, method))
+    first = dict(_batch())
+    first["x"], first["y"] = first["x"].copy(), first["y"].copy()
+    first["x"][0], first["y"][0] = 0.0, 0.0
+    # Zero biases at initialisation: the untrained model predicts exactly 0 at x = 0.
+    assert float(train.make_predict_fn(graphdef)(state, first["x"][:1])["main"][0, 0]) == 0.0
+    loss = float(step(state, first)[1]["loss"])
+    assert np.isfinite(loss)
+
+    def batches(start):
+        for i, batch in enumerate(_start_batches(_line(), start)):
+            yield first if start + i == 0 else batch
+
+    ckpt = str(tmp_path / "ckpt")
+    with pytest.raises(train.NonFiniteError) as info:
+        train.fit(state, step, batches, num_steps=4, checkpoint_every=2, checkpoint_dir=ckpt)
+    e = info.value
+    assert (e.step, e.metrics, e.members, e.checkpoint_step) == (1, ["grad_norm"], [0], None)
+    assert str(e) == (
+        f"train: non-finite grad_norm at step 1 (loss {loss:.6g}, grad_norm nan); parameters "
+        f"were left at their last finite values; last good checkpoint: no checkpoint in {ckpt}"
+    )
+    assert os.listdir(ckpt) == []
+    with pytest.raises(train.NonFiniteError, match=r"no checkpoint \(no checkpoint_dir\)$"):
+        train.fit(state, step, batches, num_steps=4)
+
+
+# argv: checkpoint directory, the step whose save finds the disk full. Runs the test's
+# line-fitting fit; the file-size limit of this process drops to 0 bytes just before that
+# save (after the previous save completed), so every write of it fails in the OS (EFBIG).
+DISK_FULL = textwrap.dedent(
+    """
+    import json, os, resource, signal, sys
+    import orbax.checkpoint as ocp
+    sys.path.insert(0, "tests")
+    import test_train as t
+    from kd_regression import train
+
+    directory, full_at = sys.argv[1], int(sys.argv[2])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    save = ocp.CheckpointManager.save
+
+    def save_on_a_full_disk(self, step, *args, **kwargs):
+        if step == full_at:
+            self.wait_until_finished()
+            resource.setrlimit(resource.RLIMIT_FSIZE, (0, hard))
+        return save(self, step, *args, **kwargs)
+
+    ocp.CheckpointManager.save = save_on_a_full_disk
+    _, state, step = t._setup()
+    try:
+        train.fit(state, step, t._batches(t._line()), num_steps=9, checkpoint_every=3,
+                  checkpoint_dir=directory, name="student")
+    except train.CheckpointWriteError as e:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        print(json.dumps({
+            "errno": e.errno, "message": str(e), "cause": str(e.__cause__), "step": e.step,
+            "checkpoint_dir": e.checkpoint_dir, "checkpoint_step": e.checkpoint_step,
+        }))
+    """
+)
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_last_and_resumes(tmp_path):
+    """A process whose checkpoint of step 6 fails in the OS (every write of it: EFBIG, as
+    on a full disk): fit raises, naming the directory, the step and the OS error; step 3's
+    checkpoint is kept and nothing of step 6's is read as a checkpoint; a rerun resumes at
+    step 3 and ends exactly like a run never interrupted."""
+    ckpt = str(tmp_path / "ckpt")
+    env = dict(os.environ, JAX_PLATFORMS=jax.default_backend())
+    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # beside this process, on a GPU
+    out = subprocess.run(
+        [sys.executable, "-c", DISK_FULL, ckpt, "6"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0 and out.stdout.strip(), out.stderr[-4000:]
+    error = json.loads(out.stdout.splitlines()[-1])
+    assert (error["step"], error["checkpoint_step"]) == (6, 3)
+    assert (error["errno"], error["checkpoint_dir"]) == (errno.EFBIG, ckpt)
+    assert os.strerror(errno.EFBIG) in error["cause"]  # orbax's own error, kept as the cause
+    message = error["message"]
+    prefix = f"[Errno {errno.EFBIG}] student: could not write the checkpoint of step 6 to {ckpt}:"
+    assert message.startswith(prefix)
+    assert os.strerror(errno.EFBIG) in message
+    assert message.endswith(f"; last good checkpoint: step 3 in {ckpt}")
+
+    _, state, step = _setup()
+    reference = _reference_states(state, step, 3)[3]
+    left = sorted(os.listdir(ckpt))
+    assert "3" in left and "6" not in left and len(left) > 1  # step 6 was begun, not finished
+    steps, tree = _checkpoints(ckpt)
+    assert steps == [3]
+    _assert_checkpoint_holds(tree, reference)
+
+    counted, calls = _counted(step)
+    # Checkpoints now at 4, 8 and 9: no save of step 6 replaces what was left of it.
+    resumed = train.fit(
+        state, counted, _batches(_line()), num_steps=9, checkpoint_every=4, checkpoint_dir=ckpt
+    )
+    assert calls == list(range(3, 9))
+    full = train.fit(state, step, _batches(_line()), num_steps=9)
+    _assert_trees_equal(resumed.last_state, full.last_state)
+    assert os.listdir(ckpt) == ["9"]  # what was left of step 6's save is cleaned up
 
 
 def test_population_step_matches_members():

@@ -10,7 +10,8 @@ converts them once into array_record files under a *data directory*::
 or, from Python, :func:`prepare`. Examples are stored as raw tensors (no PNG encoding)
 and read back with tfds data sources, so neither building nor reading imports TensorFlow.
 tfds writes into a temporary directory and renames it when complete, so an interrupted
-build leaves nothing that a later read would take for a dataset.
+build leaves nothing that a later read would take for a dataset (only that temporary
+``incomplete.*`` folder, which the "not built" error names).
 """
 
 from __future__ import annotations
@@ -82,17 +83,43 @@ def prepare(
     b = builder(cls, data_dir=data_dir, config=config)
     if b.is_prepared():
         return b
+    if os.path.exists(b.data_dir):
+        # tfds would take any folder there for a built dataset ("reusing") and read nothing.
+        raise ManualDataError(
+            f"{b.data_dir} is not a complete {b.name} build (no dataset_info.json): a copy "
+            "cut short, or files removed. Delete it and build again."
+        )
     if manual_dir is None:
         raise ManualDataError(
             f"{b.name} is not built in {b.data_dir}: build it once with\n"
             f"  python -m kd_regression.datasets.build {cls.__module__.rsplit('.', 1)[-1]} "
             "--manual_dir=MANUAL --data_dir=DATA\n"
             "or give the manual directory (dataset.manual_dir).\n"
-            f"{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            f"{_leftovers(b.data_dir)}{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}"
         )
     path = check_manual_dir(manual_dir, cls.MANUAL_DOWNLOAD_INSTRUCTIONS)
     b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=path))
     return b
+
+
+def _leftovers(data_path: str) -> str:
+    """Names the ``incomplete.*`` folders that killed builds of ``data_path`` left behind.
+
+    tfds builds into ``<parent>/incomplete.XXXXXX_<version>`` and renames it when done; a
+    killed build leaves it, never read, never reused, never removed (a build may still be
+    running there, so we do not remove it either).
+    """
+    parent, version = os.path.split(os.path.normpath(data_path))
+    version = "_" + version
+    try:
+        entries = os.listdir(parent)
+        found = sorted(e for e in entries if e.startswith("incomplete.") and e.endswith(version))
+    except OSError:
+        return ""
+    if not found:
+        return ""
+    paths = ", ".join(os.path.join(parent, e) for e in found)
+    return f"Builds that did not finish left {paths} (never read; delete once none runs).\n"
 
 
 def read_split(b, split: str) -> dict[str, np.ndarray]:

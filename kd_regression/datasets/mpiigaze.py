@@ -209,6 +209,24 @@ def read_day(path: str) -> dict:
     return out
 
 
+def _check_row(value, field, person_dir, day, side, row, file, name, line) -> None:
+    """A ManualDataError for a gaze or pose that is not finite, or a zero gaze vector
+    (no direction): it names the day file, field, row, frame and sample-list line.
+
+    Only the frames the sample lists use are checked: a day file may hold others.
+    """
+    if not np.isfinite(value).all():
+        problem = "is not finite"
+    elif field == "gaze" and not np.any(value):
+        problem = "is a zero vector (no direction)"
+    else:
+        return
+    raise manual.ManualDataError(
+        f"{os.path.join(person_dir, day + '.mat')}: data.{side}.{field} row {row} (frame "
+        f"{file}, listed in {name}.txt, line {line + 1}) {problem}: {value.tolist()}"
+    )
+
+
 def examples(manual_dir: str, person: int):
     """Yields ``(key, example)`` for every line of person ``person``'s sample list."""
     top = root(manual_dir)
@@ -230,6 +248,8 @@ def examples(manual_dir: str, person: int):
             )
         i = position[file]
         eye = content[side]
+        for field in ("gaze", "pose"):
+            _check_row(eye[field][i], field, person_dir, day, side, i, file, name, line)
         image = eye["image"][i]
         gaze = gaze_to_pitchyaw(eye["gaze"][i])
         pose = pose_to_pitchyaw(eye["pose"][i])
