@@ -86,7 +86,17 @@ def validate(config: ml_collections.ConfigDict) -> LossConfig:
             f"teacher.method={config.teacher.method!r} must be a no-teacher, one-head method "
             "(scratch_l2, scratch_l1, scratch_huber)"
         )
+    if not list(config.noise):
+        raise ValueError(f"noise: no noise model; give levels for any of {noise.NOISE_KINDS}")
+    if len(set(config.methods)) != len(config.methods):
+        raise ValueError(f"methods={list(config.methods)}: a method is listed twice")
     for kind in config.noise:
+        names = [_cell_name(kind, float(level)) for level in config.noise[kind]]
+        if len(set(names)) != len(names):  # the same cell (and directory) twice
+            raise ValueError(
+                f"noise.{kind}={list(config.noise[kind])}: a level is listed twice (levels "
+                "are told apart by their value to 6 significant digits)"
+            )
         if kind not in noise.NOISE_KINDS:
             raise ValueError(f"noise.{kind}: not a noise model; allowed {noise.NOISE_KINDS}")
         if not list(config.noise[kind]):
@@ -605,7 +615,8 @@ def _check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     if changed:
         raise ValueError(
             f"{workdir} holds the results of another config ({'; '.join(changed)}): rerun "
-            "with the same config to resume it, or use a new --workdir"
+            "with the same config to resume it, or use a new --workdir, or move "
+            f"{RESULTS} away (checkpoints and stores the configs share are then reused)"
         )
 
 
@@ -627,11 +638,14 @@ def _finished_cells(workdir: str, config: ml_collections.ConfigDict) -> dict[tup
         heads[name] = [models.LABEL_HEAD, models.TEACHER_HEAD] if two else [models.MAIN_HEAD]
     expected = sorted((m, h, s) for m, hs in heads.items() for h in hs for s in _seeds(config))
     cells: dict[tuple, list[dict]] = {}
-    for r in rows:
-        cells.setdefault((r.get("fold"), r["noise"], float(r["level"])), []).append(r)
+    for i, r in enumerate(rows):
+        try:
+            cells.setdefault((r.get("fold"), r["noise"], float(r["level"])), []).append(r)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: row {i + 1} has no valid noise or level ({e!r})") from e
     done = {}
     for cell, cell_rows in cells.items():
-        if sorted((r["method"], r["head"], r["seed"]) for r in cell_rows) == expected:
+        if sorted((r.get("method"), r.get("head"), r.get("seed")) for r in cell_rows) == expected:
             done[cell] = cell_rows
         else:
             logging.warning(
@@ -685,10 +699,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     primary = sharding.is_primary()  # the one process that writes shared files
     _check_writable(workdir)
     done = _finished_cells(workdir, config)
+    sharding.check_agreement(repr(sorted(done, key=repr)), f"the finished cells in {workdir}")
     results_path = os.path.join(workdir, RESULTS)
     fits_path = os.path.join(workdir, FITS_FILE)
     if primary:
         _remove_temporaries(workdir)
+        stale = [FAILURE_FILE] + ([] if done else [FITS_FILE, "fits.png"])  # of earlier runs
+        for name in stale:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(workdir, name))
         atomic_write_text(os.path.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=2))
     writer = train.make_writer(os.path.join(workdir, "logs"))
     mesh = sharding.make_mesh(config.num_devices or None)
@@ -760,8 +779,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         writer.close()
     elapsed = time.time() - t0
     if primary:
-        with contextlib.suppress(FileNotFoundError):  # a failure of an earlier run: fixed
-            os.remove(os.path.join(workdir, FAILURE_FILE))
         report.write_all(rows, fits, workdir, elapsed_s=elapsed, setup=setup, metric=task.metric)
         print(f"sweep finished in {elapsed:.1f}s; results in {workdir}", flush=True)
     return rows

@@ -14,6 +14,7 @@ assembles the global array with ``jax.make_array_from_process_local_data``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -133,6 +134,15 @@ def barrier(name: str) -> None:
     """Waits until every process reaches the barrier ``name`` (nothing with one process)."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
+
+def check_agreement(text: str, what: str) -> None:
+    """Raises in every process unless all of them hold the same ``text`` (nothing with
+    one process): a decision each makes from shared files must not differ, or the
+    collectives that follow would wait for each other forever."""
+    if jax.process_count() > 1:
+        digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
+        multihost_utils.assert_equal(digest, f"the processes disagree on {what}")
 
 
 def local_copy(tree: Any) -> Any:

@@ -363,6 +363,11 @@ _TENSORSTORE_SPEC = re.compile(r" \[tensorstore_spec='.*?'\]")
 _TENSORSTORE_ERRNO = re.compile(r"\[os_error_code='(\d+)'\]")
 
 
+# What a failed write raises: the OS's errors, TensorStore's (ValueError), orbax's wrappers
+# (RuntimeError). Anything else (a wrong tree, a bug) propagates as it is.
+_WRITE_ERRORS = (OSError, ValueError, RuntimeError)
+
+
 class CheckpointWriteError(OSError):
     """:func:`fit` could not write a checkpoint (e.g. the disk is full).
 
@@ -573,7 +578,7 @@ def fit(
         saved, saving = saving, None
         try:
             manager.wait_until_finished()
-        except Exception as e:
+        except _WRITE_ERRORS as e:
             raise CheckpointWriteError(name, saved, checkpoint_dir, good_step, e) from e
         good_step = saved
 
@@ -582,7 +587,7 @@ def fit(
         finish_save()
         try:
             manager.save(step, args=ocp.args.StandardSave(items))
-        except Exception as e:
+        except _WRITE_ERRORS as e:
             raise CheckpointWriteError(name, step, checkpoint_dir, good_step, e) from e
         saving = step
 

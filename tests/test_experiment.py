@@ -256,6 +256,14 @@ _DELETE = object()
         ("num_seeds", 0, "num_seeds must be >= 1"),
         ("store.chunk_rows", 0, r"store.chunk_rows=0 \(must be >= 1\)"),
         ("inference_head", "main", r"inference_head='main': 'label' or 'teacher'"),
+        ("methods", ("tor", "kd_l2", "tor"), r"methods=\['tor', 'kd_l2', 'tor'\]: a method is "),
+        ("noise.outliers", (0.3, 0.1, 0.3), r"noise.outliers=\[0.3, 0.1, 0.3\]: a level is listed"),
+        ("noise.gaussian", (0.1, 0.1000000001), r"noise.gaussian=\[0.1, 0.1000000001\]: a level"),
+        (
+            "noise",
+            {},
+            r"noise: no noise model; give levels for any of \('none', 'gaussian', 'outliers'\)",
+        ),
     ],
 )
 def test_bad_config_values_are_refused_naming_key_and_allowed_values(key, value, match):
@@ -267,7 +275,11 @@ def test_bad_config_values_are_refused_naming_key_and_allowed_values(key, value,
 def test_every_shipped_config_passes_validation():
     from experiments.configs import faces, mpiigaze, multipie
 
-    for module in (sinusoid_config, faces, mpiigaze, multipie):
+    for module in (sinusoid_config, faces):
+        for arg in (None, "quick"):
+            sweep.validate(module.get_config(arg))
+    # Fully validating these reads the dataset (split sizes): their keys, here.
+    for module in (mpiigaze, multipie):
         for arg in (None, "quick"):
             sweep._check_keys(module.get_config(arg))
 
@@ -296,8 +308,13 @@ def test_a_student_that_diverges_stops_the_sweep_and_the_report_says_why(tmp_pat
     assert f"**The sweep stopped early:** {e}" in summary
     assert "non-finite loss" in summary
     assert not (tmp_path / "results.jsonl").exists()  # no cell finished
-    # The teacher's checkpoint is kept: the fixed config resumes it, and the report is clean.
+    # The teacher's checkpoint is kept: the fixed config resumes it (its files are not
+    # written again), and the report is clean.
+    teacher = list((tmp_path / "checkpoints" / "outliers_0.3").glob("teacher-*/**/*"))
+    written = {p: p.stat().st_mtime_ns for p in teacher}
+    assert any(p.is_file() for p in teacher)
     fixed = sweep.run(_small_config(), str(tmp_path))
+    assert {p: p.stat().st_mtime_ns for p in teacher} == written
     assert not (tmp_path / "failure.json").exists()
     assert "stopped early" not in (tmp_path / "summary.md").read_text()
     assert fixed == sweep.run(_small_config(), str(tmp_path / "fresh"))

@@ -258,6 +258,14 @@ def test_quick_config_end_to_end(built, tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert "2 folds (test people [0, 1])" in summary and "Mean angular error" in summary
     assert (tmp_path / "noise_sweep.png").exists()
+    # Killed between the folds: the rerun skips fold 0 and finishes fold 1 the same way.
+    results = tmp_path / "results.jsonl"
+    whole = results.read_bytes()
+    lines = whole.decode().splitlines(keepends=True)
+    results.write_text("".join(line for line in lines if '"fold": 0' in line))
+    assert len(results.read_text().splitlines()) == len(lines) // 2
+    assert sweep.run(config, str(tmp_path)) == rows
+    assert results.read_bytes() == whole
 
 
 def test_single_frame_day_stored_without_its_leading_one(tmp_path):

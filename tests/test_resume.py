@@ -23,14 +23,15 @@ from experiments import report
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # argv: workdir, kill point. Kill points:
-#   fit:NAME:STEP   when the fit named NAME asks its input pipeline for step STEP (0-based)
+#   fit:NAME:STEP:CKPT  when the fit named NAME asks its input pipeline for step STEP
+#                   (0-based), once its checkpoint of step CKPT is complete on disk
 #   store:N         after the N-th row range of a teacher store is written and synced
 #   results:N       after the N-th write of results.jsonl (between cells)
 #   results-tmp:N   during the N-th write of results.jsonl (half of it in the temporary file)
 #   never           runs to the end
 RUN = textwrap.dedent(
     """
-    import functools, os, signal, sys
+    import functools, glob, os, signal, sys, time
     from absl import logging
     from experiments import sweep
     from experiments.configs import sinusoid
@@ -47,7 +48,7 @@ RUN = textwrap.dedent(
 
 
     if kind == "fit":
-        name, step = arg.rsplit(":", 1)
+        name, step, ckpt = arg.rsplit(":", 2)
         current, fit = [None], train.fit
 
         def named_fit(*args, **kwargs):
@@ -58,6 +59,13 @@ RUN = textwrap.dedent(
 
         def counted_next_block(self, k):
             if current[0] == name and self._step + k > int(step):
+                # Orbax saves in the background: wait until checkpoint CKPT is complete, so
+                # that the rerun has it to resume from (whatever the machine's speed).
+                cell, role = name.rsplit("/", 1)
+                pattern = os.path.join(workdir, "checkpoints", cell, f"{role}-*", ckpt)
+                deadline = time.time() + 60
+                while not glob.glob(pattern) and time.time() < deadline:
+                    time.sleep(0.01)
                 die()
             return next_block(self, k)
 
@@ -160,18 +168,20 @@ def uninterrupted(tmp_path_factory):
 def test_killed_at_every_stage_then_rerun_equals_an_uninterrupted_run(uninterrupted, tmp_path):
     # Cells run in the order gaussian_0.2, outliers_0, outliers_0.3 (the one drawn in fits.png).
     # Teacher checkpoints every 100 steps, students every 50: each kill loses work since.
+    # (kill point, what that run must show it resumed from the kill before)
     kills = [
-        "fit:gaussian_0.2/teacher:150",  # during teacher training
-        "store:2",  # during the store write: 2 of its 4 row ranges written
-        "fit:gaussian_0.2/tor_multitask:130",  # during a student (scratch_l2 finished)
-        "results:2",  # between cells: gaussian_0.2 and outliers_0 written, then killed
-        "results-tmp:1",  # while writing outliers_0.3's rows (after it saved fits.npz)
+        ("fit:gaussian_0.2/teacher:150:100", None),  # during teacher training
+        ("store:2", "gaussian_0.2/teacher: resumed from checkpoint at step 100"),
+        ("fit:gaussian_0.2/tor_multitask:130:100", "gaussian_0.2: 200/200 rows"),  # 2 of 4 left
+        ("results:2", "gaussian_0.2/tor_multitask: resumed from checkpoint at step 100"),
+        ("results-tmp:1", "cell outliers_0: in results.jsonl already, skipped"),
     ]
     workdir = tmp_path / "killed"
-    for point in kills:
+    for point, resumed in kills:
         done = _run(workdir, point)
         assert done.returncode == -signal.SIGKILL, (point, done.returncode, done.stderr[-4000:])
         assert not os.path.exists(workdir / "summary.md"), point  # it never finished
+        assert resumed is None or resumed in done.stderr, (point, resumed)
     resumed = _run(workdir, "never")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     for cell in ("gaussian_0.2", "outliers_0"):  # finished before: not run again
