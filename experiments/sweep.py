@@ -108,6 +108,13 @@ def validate(config: ml_collections.ConfigDict) -> LossConfig:
             }.get(kind, (True, ""))
             if not ok:
                 raise ValueError(f"noise.{kind}[{i}]={level}: must be {allowed}")
+    devices = jax.device_count()
+    if not 0 <= config.num_devices <= devices:
+        raise ValueError(
+            f"num_devices={config.num_devices}: 0 (every device) or 1..{devices} (devices seen)"
+        )
+    split_over = config.num_devices or devices
+    n_train = task.train_size(config.dataset)
     for part in ("teacher", "student"):
         c = config[part]
         for key, ok, allowed in (
@@ -119,6 +126,17 @@ def validate(config: ml_collections.ConfigDict) -> LossConfig:
         ):
             if not ok:
                 raise ValueError(f"{part}.{key}={c.get(key)}: must be {allowed}")
+        if not 1 <= c.batch_size <= n_train:
+            raise ValueError(
+                f"{part}.batch_size={c.batch_size} must be in [1, {n_train}] (training examples)"
+            )
+        # Every step's batch is split evenly over the devices (and over the processes).
+        for n, what in ((split_over, "devices"), (jax.process_count(), "processes")):
+            if c.batch_size % n:
+                raise ValueError(
+                    f"{part}.batch_size={c.batch_size} does not split over {n} {what}: use a "
+                    f"multiple of {n}, or set num_devices"
+                )
     if config.store.chunk_rows < 1 or config.store.parity_sample < 0:
         raise ValueError(
             f"store.chunk_rows={config.store.chunk_rows} (must be >= 1), store.parity_sample="
@@ -132,26 +150,6 @@ def validate(config: ml_collections.ConfigDict) -> LossConfig:
         raise ValueError(f"inference_head={config.inference_head!r}: 'label' or 'teacher'")
     if config.steps_per_call < 1:
         raise ValueError(f"steps_per_call={config.steps_per_call}: must be >= 1")
-    devices = jax.device_count()
-    if not 0 <= config.num_devices <= devices:
-        raise ValueError(
-            f"num_devices={config.num_devices}: 0 (every device) or 1..{devices} (devices seen)"
-        )
-    split_over = config.num_devices or devices
-    for part in ("teacher", "student"):
-        c = config[part]
-        n_train = task.train_size(config.dataset)
-        if not 1 <= c.batch_size <= n_train:
-            raise ValueError(
-                f"{part}.batch_size={c.batch_size} must be in [1, {n_train}] (training examples)"
-            )
-        # Every step's batch is split evenly over the devices (and over the processes).
-        for n, what in ((split_over, "devices"), (jax.process_count(), "processes")):
-            if c.batch_size % n:
-                raise ValueError(
-                    f"{part}.batch_size={c.batch_size} does not split over {n} {what}: use a "
-                    f"multiple of {n}, or set num_devices"
-                )
     return LossConfig.from_dict(config.loss.to_dict())
 
 
@@ -736,24 +734,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         for fold in folds:
             clean_rows = None  # level 0 is the same run under every noise model: run it once
             for kind in config.noise:
-                for level in config.noise[kind]:
-                    if (fold, kind, float(level)) in done:
-                        cell_rows, cell_fits = done[(fold, kind, float(level))], None
-                        name = _cell_name(kind, float(level), fold)
+                for level in map(float, config.noise[kind]):
+                    finished = done.get((fold, kind, level))
+                    if finished is not None:
+                        cell_rows, cell_fits = finished, None
+                        name = _cell_name(kind, level, fold)
                         logging.info("cell %s: in %s already, skipped", name, RESULTS)
-                    elif float(level) == 0.0 and clean_rows is not None:
+                    elif level == 0.0 and clean_rows is not None:
                         cell_rows, cell_fits = [{**r, "noise": kind} for r in clean_rows], None
                     else:
                         cell_rows, cell_fits = run_cell(
-                            config, loss_cfg, programs, kind, float(level), workdir, writer, fold
+                            config, loss_cfg, programs, kind, level, workdir, writer, fold
                         )
-                    if float(level) == 0.0:
+                    if level == 0.0:
                         clean_rows = cell_rows
                     rows += cell_rows
                     if primary and cell_fits is not None:  # before the rows that mark it done
                         _save_fits(fits_path, cell_fits)
                     fits = cell_fits or fits
-                    if primary and cell_rows is not done.get((fold, kind, float(level))):
+                    if primary and finished is None:
                         text = "".join(json.dumps(r) + "\n" for r in rows)
                         atomic_write_text(results_path, text)  # rows of finished cells only
     except train.NonFiniteError as e:
