@@ -32,4 +32,4 @@ bench: $(VENV)/.bench
 	$(BIN)/python -m experiments.bench_speed
 
 test: lint $(VENV)/.bench
-	$(BIN)/python -m pytest -q -n 2 --durations=10
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=10

@@ -29,9 +29,23 @@ from absl import logging
 from jax.sharding import Mesh
 
 from experiments import report, tasks
-from kd_regression import input_pipeline, losses, models, noise, sharding, teacher_store, train
+from kd_regression import (
+    input_pipeline,
+    interrupts,
+    losses,
+    models,
+    noise,
+    sharding,
+    teacher_store,
+    train,
+)
 from kd_regression.datasets import sinusoid
-from kd_regression.fileio import atomic_write, atomic_write_text
+from kd_regression.fileio import (
+    DirectoryLock,
+    DirectoryLockedError,
+    atomic_write,
+    atomic_write_text,
+)
 from kd_regression.methods import LossConfig, get_method
 
 TEACHER = report.TEACHER
@@ -45,6 +59,10 @@ FAILURE_FILE = "failure.json"  # why the last run stopped (non-finite training),
 # How a sweep runs, not what it computes: a resumed sweep may change these.
 # Keys the code reads with a default: a config may leave them out.
 OPTIONAL_KEYS = ("teacher.eval_every", "teacher.patience", "student.eval_every", "student.patience")
+MAX_SEED = 2**32 - 1
+# Train states a seed holds at once, at least: the state and the best state, and the host
+# copies of both an asynchronous checkpoint save makes.
+STATE_COPIES = 4
 RUN_KEYS = ("num_devices", "steps_per_call", "dataset.data_dir", "dataset.manual_dir")
 
 
@@ -78,6 +96,13 @@ def validate(config: ml_collections.ConfigDict) -> LossConfig:
     task.validate(config.dataset)
     if config.num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {config.num_seeds}")
+    last = config.seed + config.num_seeds - 1
+    if not 0 <= config.seed <= last <= MAX_SEED:
+        # JAX's keys take the seed modulo 2**32: seed 2**32 would silently be seed 0 again.
+        raise ValueError(
+            f"seed={config.seed}, num_seeds={config.num_seeds}: the seeds seed .. seed + "
+            f"num_seeds - 1 must lie in [0, {MAX_SEED}]"
+        )
     for name in config.methods:
         get_method(name)
     teacher_method = get_method(config.teacher.method)
@@ -150,7 +175,71 @@ def validate(config: ml_collections.ConfigDict) -> LossConfig:
         raise ValueError(f"inference_head={config.inference_head!r}: 'label' or 'teacher'")
     if config.steps_per_call < 1:
         raise ValueError(f"steps_per_call={config.steps_per_call}: must be >= 1")
-    return LossConfig.from_dict(config.loss.to_dict())
+    loss_cfg = LossConfig.from_dict(config.loss.to_dict())
+    _check_memory(config, task, _check_models(config, task))
+    return loss_cfg
+
+
+def _check_models(config: ml_collections.ConfigDict, task) -> dict[str, int]:
+    """Builds the teacher and student abstractly (shapes only, no arrays), so a size that
+    cannot be built is refused before any training. Returns the bytes of one member's
+    train state, per role."""
+    state_bytes = {}
+    two_heads = sorted({get_method(m).two_heads for m in config.methods})
+    for role, heads in ((TEACHER, [False]), ("student", two_heads)):
+        part = config[role]
+        keys = ", ".join(f"{role}.{k}={_short_value(part[k])}" for k in task.model_keys)
+        for two in heads:
+            model_fn = task.model_fn(part, two)
+            try:
+                state = jax.eval_shape(
+                    lambda f=model_fn: train.init_state(f, optax.adam(1.0), jax.random.key(0))[1]
+                )
+            except Exception as e:
+                raise ValueError(
+                    f"{keys}: the {role} model cannot be built ({type(e).__name__}: {e})"
+                ) from e
+            nbytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
+            state_bytes[role] = max(state_bytes.get(role, 0), nbytes)
+    return state_bytes
+
+
+def _short_value(value) -> str:
+    return repr(value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value)
+
+
+def _check_memory(config: ml_collections.ConfigDict, task, state_bytes: dict[str, int]) -> None:
+    """Refuses a population that cannot fit in this machine's memory, before any work.
+
+    The estimate is a lower bound: one seed's data splits twice (each seed's, then the
+    stacked population's copy), and ``STATE_COPIES`` copies of each train state; it leaves
+    out activations, the teacher store and the libraries themselves.
+    """
+    splits = task.splits(config.dataset, config.seed, task.folds(config.dataset)[0])
+    data = sum(x.nbytes + y.nbytes for x, y in splits.values())
+    teachers = max(1, config.teacher.folds)
+    states = STATE_COPIES * (teachers * state_bytes[TEACHER] + state_bytes["student"])
+    per_seed = 2 * data + states
+    need = per_seed * config.num_seeds
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise ValueError(
+            f"num_seeds={config.num_seeds}: the population needs at least {_gib(need)} of "
+            f"memory ({per_seed / 2**20:.3g} MiB per seed: {data / 2**20:.3g} MiB of data, "
+            f"held twice, and {states / 2**20:.3g} MiB of train states), more than this "
+            f"machine's {_gib(have)}; at most about {have // per_seed} seeds fit"
+        )
+    logging.info(
+        "population of %d seeds: at least %s of memory (estimate; machine: %s)",
+        config.num_seeds,
+        _gib(need),
+        _gib(have),
+    )
+
+
+def _gib(n: float) -> str:
+    gib = n / 2**30
+    return f"{gib:.3g} GiB" if gib < 1000 else f"{gib:,.0f} GiB"
 
 
 def _cell_data(
@@ -423,6 +512,7 @@ def run_cell(
 ) -> tuple[list[dict], dict | None]:
     """Teacher, store, and every student for one (noise model, level[, fold]); returns
     rows, fits."""
+    interrupts.check()  # a signal whose exception a library swallowed (TF's import does)
     cell = _cell_name(kind, level, fold)
     t0 = time.time()
     data = _cell_data(config, kind, level, fold)
@@ -550,6 +640,9 @@ def run_cell(
         method = get_method(name)
         student_spec = {
             "teacher_store": fingerprint,
+            # The δ and η a student trains with, as read from the store: a store whose
+            # statistics changed (even one edited and re-hashed) never resumes old students.
+            "loss_constants": {k: np.asarray(v).tolist() for k, v in constants.items()},
             "student": config.student.to_dict(),
             "method": name,
             "loss": config.loss.to_dict(),
@@ -691,9 +784,48 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     """Runs the whole sweep and writes results.jsonl, summary.md and the figures.
 
     Rerun with the same config and workdir, it resumes: cells already in results.jsonl are
-    skipped, and an unfinished teacher or student continues from its last checkpoint.
+    skipped, and an unfinished teacher or student continues from its last checkpoint. The
+    run holds ``workdir``'s lock throughout: a second run there fails at once.
     """
     loss_cfg = validate(config)
+    # Absolute and normalised once: tensorstore refuses paths with ".." parts, and a
+    # relative path would change meaning if anything changed the working directory.
+    workdir = os.path.abspath(workdir)
+    lock = _lock(workdir)
+    try:
+        return _run_locked(config, loss_cfg, workdir)
+    except interrupts.Interrupted as e:
+        e.where = e.where or "start-up (before the first cell)"
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock(workdir: str) -> DirectoryLock | None:
+    """Process 0 takes the workdir's lock for the whole run (its other processes share it);
+    every process stops if it cannot be had."""
+    lock, problem = None, None
+    if sharding.is_primary():
+        try:
+            lock = DirectoryLock(workdir)
+        except DirectoryLockedError as e:
+            problem = e
+        except OSError as e:
+            raise OSError(e.errno, f"workdir {workdir} is not writable: {e}") from e
+    text = "locked" if problem is None else "refused"  # the others take process 0's word
+    try:
+        sharding.check_agreement(text, f"whether process 0 holds the lock of {workdir}")
+    except Exception:
+        if problem is not None:
+            raise problem from None
+        raise
+    if problem is not None:
+        raise problem
+    return lock
+
+
+def _run_locked(config: ml_collections.ConfigDict, loss_cfg: LossConfig, workdir: str):
     primary = sharding.is_primary()  # the one process that writes shared files
     _check_writable(workdir)
     done = _finished_cells(workdir, config)
@@ -743,9 +875,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                     elif level == 0.0 and clean_rows is not None:
                         cell_rows, cell_fits = [{**r, "noise": kind} for r in clean_rows], None
                     else:
-                        cell_rows, cell_fits = run_cell(
-                            config, loss_cfg, programs, kind, level, workdir, writer, fold
-                        )
+                        try:
+                            cell_rows, cell_fits = run_cell(
+                                config, loss_cfg, programs, kind, level, workdir, writer, fold
+                            )
+                        except interrupts.Interrupted as e:
+                            e.where = e.where or f"cell {_cell_name(kind, level, fold)}"
+                            raise
                     if level == 0.0:
                         clean_rows = cell_rows
                     rows += cell_rows
@@ -774,8 +910,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                 report.summary_markdown(rows, setup=setup, metric=task.metric, failure=str(e)),
             )
         raise
-    finally:
-        writer.close()
+    except BaseException:
+        # The error on its way out is what the user must see: closing the metric writers
+        # (which may fail on the same full disk) must not replace it.
+        with contextlib.suppress(Exception):
+            writer.close()
+        raise
+    writer.close()
     elapsed = time.time() - t0
     if primary:
         report.write_all(rows, fits, workdir, elapsed_s=elapsed, setup=setup, metric=task.metric)

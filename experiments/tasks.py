@@ -33,6 +33,7 @@ class _Task:
     draws_fits = False
     metric = ("rmse", "test RMSE")  # (results.jsonl field, its name) for summary and plot
     not_in_fingerprint: tuple[str, ...] = ()  # dataset.* keys a cell's results ignore
+    model_keys: tuple[str, ...] = ("model",)  # teacher.* / student.* keys of the model's sizes
 
     def validate(self, ds: ml_collections.ConfigDict) -> None:
         """Raises ValueError naming a ``dataset.*`` key with an impossible value."""
@@ -50,6 +51,7 @@ class SinusoidTask(_Task):
     version = sinusoid.VERSION
     population = "vmap"  # tiny MLPs: one vmapped program for all seeds
     draws_fits = True
+    model_keys = ("hidden",)
 
     def train_size(self, ds: ml_collections.ConfigDict) -> int:
         return ds.train_size

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -239,7 +240,12 @@ def write_range(directory: str, start: int, predictions: np.ndarray) -> None:
     if not np.isfinite(predictions).all():
         raise ValueError(f"teacher predictions for rows [{start}, {stop}) are not all finite")
     array = _open_array(directory)
-    array[..., start:stop, :].write(np.asarray(predictions, pending["dtype"])).result()
+    try:
+        array[..., start:stop, :].write(np.asarray(predictions, pending["dtype"])).result()
+    except ValueError as e:  # tensorstore's write errors carry the OS error code
+        message = f"could not write rows [{start}, {stop}) of the teacher store {directory}: {e}"
+        code = re.search(r"\[os_error_code='(\d+)'\]", str(e))
+        raise (OSError(int(code.group(1)), message) if code else OSError(message)) from e
     for s, e in _chunk_ranges(stop - start, chunk_rows):
         atomic_write_text(_marker(directory, start + s, start + e), "")
 

@@ -14,7 +14,6 @@ import functools
 import itertools
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
@@ -23,12 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx, struct
 from jax.sharding import Mesh
 
-from kd_regression import sharding
+from kd_regression import checkpoints, interrupts, sharding
+from kd_regression.checkpoints import CheckpointWriteError, checkpoint_words
 from kd_regression.methods import METHODS, LossConfig, Method, get_method, loss_constants
 from kd_regression.models import Heads
 
@@ -244,14 +243,25 @@ class _JsonlWriter:
     """A CLU-style metric writer appending one JSON line per ``write_scalars`` call."""
 
     def __init__(self, path: str):
+        self._path = path
         self._file = open(path, "a", encoding="utf-8")  # closed by close()
 
+    @contextlib.contextmanager
+    def _naming_errors(self):
+        try:
+            yield
+        except OSError as e:  # a full disk: say which file
+            raise OSError(e.errno, f"{e.strerror or e}: could not write {self._path}") from e
+
+    def _write(self, row: dict):
+        with self._naming_errors():
+            self._file.write(json.dumps(row) + "\n")
+
     def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-        row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-        self._file.write(json.dumps(row) + "\n")
+        self._write({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
 
     def write_hparams(self, hparams: Mapping[str, Any]):
-        self._file.write(json.dumps({"hparams": {k: str(v) for k, v in hparams.items()}}) + "\n")
+        self._write({"hparams": {k: str(v) for k, v in hparams.items()}})
 
     def write_summaries(self, step, values, metadata=None):  # not used by this library
         pass
@@ -275,10 +285,12 @@ class _JsonlWriter:
         pass
 
     def flush(self):
-        self._file.flush()
+        with self._naming_errors():
+            self._file.flush()
 
     def close(self):
-        self._file.close()
+        with self._naming_errors():
+            self._file.close()
 
 
 def make_writer(logdir: str | None) -> Any:
@@ -307,14 +319,6 @@ class FitResult(NamedTuple):
     best_val: np.ndarray | None  # best validation loss, per population member
     best_step: np.ndarray | None
     steps_run: int
-
-
-def _checkpoint_words(checkpoint_dir: str | None, checkpoint_step: int | None) -> str:
-    if checkpoint_dir is None:
-        return "no checkpoint (no checkpoint_dir)"
-    if checkpoint_step is None:
-        return f"no checkpoint in {checkpoint_dir}"
-    return f"step {checkpoint_step} in {checkpoint_dir}"
 
 
 class NonFiniteError(FloatingPointError):
@@ -351,68 +355,12 @@ class NonFiniteError(FloatingPointError):
         super().__init__(
             f"{name}: non-finite {what} at step {step}{detail}; parameters were left at "
             "their last finite values; last good checkpoint: "
-            f"{_checkpoint_words(checkpoint_dir, checkpoint_step)}"
+            f"{checkpoint_words(checkpoint_dir, checkpoint_step)}"
         )
 
     def __reduce__(self):
         args = (self.name, self.step, self.metrics, self.members, self.checkpoint_dir)
         return type(self), (*args, self.checkpoint_step, self._detail)
-
-
-_TENSORSTORE_SPEC = re.compile(r" \[tensorstore_spec='.*?'\]")
-_TENSORSTORE_ERRNO = re.compile(r"\[os_error_code='(\d+)'\]")
-
-
-# What a failed write raises: the OS's errors, TensorStore's (ValueError), orbax's wrappers
-# (RuntimeError). Anything else (a wrong tree, a bug) propagates as it is.
-_WRITE_ERRORS = (OSError, ValueError, RuntimeError)
-
-
-class CheckpointWriteError(OSError):
-    """:func:`fit` could not write a checkpoint (e.g. the disk is full).
-
-    The orbax error is the ``__cause__``; ``errno`` is its errno where it has one. The
-    step being saved was not made a checkpoint (orbax writes a temporary directory and
-    renames it only once complete); the previous checkpoint is kept, and a rerun of
-    :func:`fit` with the same ``checkpoint_dir`` resumes from it.
-
-    Attributes:
-      name: ``fit``'s ``name``.
-      step: the step whose checkpoint failed.
-      checkpoint_dir: the checkpoint directory (absolute).
-      checkpoint_step: the previous checkpoint's step (kept), or None if none.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        step: int,
-        checkpoint_dir: str,
-        checkpoint_step: int | None,
-        error: BaseException,
-    ):
-        self.name, self.step = name, step
-        self.checkpoint_dir, self.checkpoint_step = checkpoint_dir, checkpoint_step
-        self._error = error
-        code = getattr(error, "errno", None)
-        # TensorStore (orbax's array writer) raises ValueErrors that carry the OS error
-        # code and a long JSON spec of the array: the code is kept, the spec left out.
-        text = _TENSORSTORE_SPEC.sub("", str(error))
-        if code is None and (found := _TENSORSTORE_ERRNO.search(text)):
-            code = int(found.group(1))
-        message = (
-            f"{name}: could not write the checkpoint of step {step} to {checkpoint_dir}: "
-            f"{type(error).__name__}: {text}; last good checkpoint: "
-            f"{_checkpoint_words(checkpoint_dir, checkpoint_step)}"
-        )
-        if isinstance(code, int):
-            super().__init__(code, message)
-        else:
-            super().__init__(message)
-
-    def __reduce__(self):
-        args = (self.name, self.step, self.checkpoint_dir, self.checkpoint_step, self._error)
-        return type(self), args
 
 
 def _stack(batches: list[Batch], axis: int) -> Batch:
@@ -482,6 +430,7 @@ def fit(
     batch_axis: int = 0,
     multi_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]] | None = None,
     steps_per_call: int = 1,
+    keep_checkpoints: int = 2,
 ) -> FitResult:
     """Runs ``train_step`` for ``num_steps``, keeping the state with the best validation loss.
 
@@ -497,7 +446,10 @@ def fit(
       checkpoint_dir: orbax checkpoints of (state, best state, early-stopping record)
         every ``checkpoint_every`` steps (default ``eval_every``), at the last step and at
         an early stop; a run with a checkpoint there resumes from it (a finished or
-        early-stopped run returns at once).
+        early-stopped run returns at once). Each checkpoint carries digests of its arrays
+        and files, checked on restore; a damaged one is set aside with a warning and the
+        one before it used (:mod:`kd_regression.checkpoints`).
+      keep_checkpoints: how many of the latest checkpoints are kept on disk.
       mesh: data-parallel training over this mesh (:mod:`kd_regression.sharding`): the
         state is replicated on it and every batch split along ``batch_axis`` (1 for a
         population ``[P, B, ...]``); ``train_step`` must be jitted with the same shardings
@@ -541,75 +493,11 @@ def fit(
     best_val = best_step = None
     since_best = 0
     stopped = False
-    manager = None
-    start = int(np.max(jax.device_get(state.step)))
-    # The latest complete checkpoint, and a save that may still be in flight (orbax saves
-    # asynchronously). Tracked here: orbax's own list forgets the older step as soon as a
-    # newer save starts, though it deletes it from disk only once that save is complete.
-    good_step = saving = None
+    ckpt = None
     if checkpoint_dir is not None:
-        checkpoint_dir = os.path.abspath(checkpoint_dir)
-        manager = ocp.CheckpointManager(
-            checkpoint_dir,
-            # cleanup_tmp_directories: a save that failed part way (a full disk, a crash)
-            # leaves only a temporary directory, never a step; it is removed here.
-            options=ocp.CheckpointManagerOptions(max_to_keep=1, cleanup_tmp_directories=True),
-        )
-        if manager.latest_step() is not None:
-            template = {"state": state, "best": state, "aux": _aux_template(state)}
-            restored = manager.restore(
-                manager.latest_step(), args=ocp.args.StandardRestore(template)
-            )
-            state = restored["state"]
-            if eval_fn is not None:  # without evaluations the best state is the last one
-                best = restored["best"]
-                best_val = np.asarray(restored["aux"]["best_val"])
-                best_step = np.asarray(restored["aux"]["best_step"])
-                since_best = int(restored["aux"]["since_best"])
-            stopped = bool(restored["aux"]["stopped"])
-            start = good_step = int(manager.latest_step())
-            logging.info("%s: resumed from checkpoint at step %d", name, start)
-
-    def finish_save():
-        """Waits for the save in flight; its failure is raised as a CheckpointWriteError."""
-        nonlocal good_step, saving
-        if saving is None:
-            return
-        saved, saving = saving, None
-        try:
-            manager.wait_until_finished()
-        except _WRITE_ERRORS as e:
-            raise CheckpointWriteError(name, saved, checkpoint_dir, good_step, e) from e
-        good_step = saved
-
-    def save(step: int, items: dict[str, Any]):
-        nonlocal saving
-        finish_save()
-        try:
-            manager.save(step, args=ocp.args.StandardSave(items))
-        except _WRITE_ERRORS as e:
-            raise CheckpointWriteError(name, step, checkpoint_dir, good_step, e) from e
-        saving = step
-
-    def close(failed: bool):
-        """Finishes the save in flight and closes the manager; a failure is raised unless
-        another error is on its way out of ``fit`` already (then it is logged)."""
-        try:
-            finish_save()
-        except CheckpointWriteError:
-            if not failed:
-                failed = True
-                raise
-            logging.exception("%s: the last checkpoint save failed too", name)
-        finally:
-            try:
-                manager.close()
-            except Exception:
-                if not failed:
-                    raise
-                # The error on its way out says what went wrong; orbax may raise the
-                # failed save's errors more than once.
-                logging.exception("%s: closing the checkpoint manager after an error", name)
+        ckpt = checkpoints.Checkpoints(checkpoint_dir, name=name, max_to_keep=keep_checkpoints)
+        checkpoint_dir = ckpt.directory
+    step = start = int(np.max(jax.device_get(state.step)))
 
     def drain(window: list[Metrics], pending: list[tuple[Metrics, int | None]], step: int):
         """Host copies of the pending metrics appended to the window, which is checked."""
@@ -618,7 +506,8 @@ def fit(
         bad = _first_non_finite(window, step - len(window) + 1)
         if bad is not None:
             try:
-                finish_save()  # so that the last good checkpoint named is complete on disk
+                if ckpt is not None:  # so that the last good checkpoint named is complete
+                    ckpt.finish()
             except CheckpointWriteError:
                 # Both went wrong: the non-finite step is raised (naming the checkpoint
                 # before the failed one), the failed save logged.
@@ -629,21 +518,27 @@ def fit(
                 bad["metrics"],
                 bad["members"],
                 checkpoint_dir,
-                good_step,
+                None if ckpt is None else ckpt.good_step,
                 _non_finite_detail(bad),
             )
 
-    failed = False
+    failed, interrupted = False, None
     try:
+        restored = None if ckpt is None else _resume(ckpt, state, with_best=eval_fn is not None)
+        if restored is not None:
+            step = start = restored["step"]
+            state, best, stopped = restored["state"], restored["best"], restored["stopped"]
+            best_val, best_step = restored["best_val"], restored["best_step"]
+            since_best = restored["since_best"]
         window: list[Metrics] = []  # per-step metrics since the last log (host copies)
         pending: list[tuple[Metrics, int | None]] = []  # device metrics, steps per call
-        step = start
         t0 = time.time()
         it = iter(batches(start)) if not stopped else iter(())
         events = [log_every, *([eval_every] if eval_fn is not None else [])]
-        events += [checkpoint_every] if manager is not None else []
+        events += [checkpoint_every] if ckpt is not None else []
         k = steps_per_call if multi_step is not None else 1
         while step < num_steps:
+            interrupts.check()  # a signal whose exception some library swallowed
             # Up to the next log, evaluation, checkpoint or the end, in calls of k steps.
             boundary = min(num_steps, *((step // e + 1) * e for e in events))
             block, singles = None, []
@@ -698,9 +593,7 @@ def fit(
                 if writer is not None:
                     writer.write_scalars(step, {f"{name}/val_loss": float(np.mean(val))})
                 stopped = patience is not None and since_best >= patience
-            if manager is not None and (
-                step % checkpoint_every == 0 or step == num_steps or stopped
-            ):
+            if ckpt is not None and (step % checkpoint_every == 0 or step == num_steps or stopped):
                 # Every step since the last check is checked before the save: a checkpoint
                 # never holds a state that went non-finite.
                 drain(window, pending, step)
@@ -708,7 +601,8 @@ def fit(
                 aux.update(since_best=since_best, stopped=stopped)
                 if best_val is not None:
                     aux.update(best_val=best_val, best_step=best_step)
-                save(step, {"state": state, "best": state if best is None else best, "aux": aux})
+                items = {"state": state, "best": state if best is None else best, "aux": aux}
+                ckpt.save(step, items)
             if stopped:
                 logging.info("%s: early stop at step %d (best %s)", name, step, best_step)
                 break
@@ -718,12 +612,36 @@ def fit(
         logging.info("%s: %d steps in %.1fs", name, step - start, time.time() - t0)
         final = best if eval_fn is not None else state
         return FitResult(final, state, best_val, best_step, step)
-    except BaseException:
+    except BaseException as e:
         failed = True
+        interrupted = e if isinstance(e, interrupts.Interrupted) else None
         raise
     finally:  # a crash must not leave an asynchronous checkpoint save half done
-        if manager is not None:
-            close(failed)
+        if ckpt is not None:
+            ckpt.close(failed)
+        if interrupted is not None and interrupted.where is None:  # for the line printed
+            last = "none" if ckpt is None or ckpt.good_step is None else f"step {ckpt.good_step}"
+            interrupted.where = f"{name}, step {step} (last checkpoint: {last})"
+
+
+def _resume(ckpt: checkpoints.Checkpoints, state: TrainState, *, with_best: bool) -> dict | None:
+    """The state and early-stopping record of the latest usable checkpoint, or None."""
+    restored = ckpt.restore({"state": state, "best": state, "aux": _aux_template(state)})
+    if restored is None:
+        return None
+    step, items = restored
+    aux = items["aux"]
+    logging.info("%s: resumed from checkpoint at step %d", ckpt.name, step)
+    out = {"step": step, "state": items["state"], "stopped": bool(aux["stopped"])}
+    if not with_best:  # without evaluations the best state is the last one
+        return {**out, "best": None, "best_val": None, "best_step": None, "since_best": 0}
+    return {
+        **out,
+        "best": items["best"],
+        "best_val": np.asarray(aux["best_val"]),
+        "best_step": np.asarray(aux["best_step"]),
+        "since_best": int(aux["since_best"]),
+    }
 
 
 def _non_finite_detail(bad: Mapping[str, Any]) -> str:

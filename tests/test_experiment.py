@@ -99,32 +99,38 @@ def test_same_config_same_numbers(quick_run, tmp_path):
     assert again == subset
 
 
-def test_cli_overrides_and_config_errors(tmp_path):
-    workdir = tmp_path / "cli"
+def test_cli_from_any_directory_with_a_relative_workdir_and_config_errors(tmp_path):
+    """The installed ``kd-regression`` command, run from outside the repository with a
+    shipped config's name and a workdir with ``..`` in it (tensorstore refuses such paths;
+    the sweep makes the workdir absolute first)."""
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "sub").mkdir(parents=True)
     cmd = [
-        sys.executable,
-        "-m",
-        "experiments.main",
+        os.path.join(os.path.dirname(sys.executable), "kd-regression"),
         "--config",
-        "experiments/configs/sinusoid.py:quick",
+        "sinusoid:quick",
         "--workdir",
-        str(workdir),
+        "sub/../cli",
         "--config.methods=('scratch_l2',)",
         "--config.noise.gaussian=(0.1,)",
         "--config.noise.outliers=(0.0,)",
         "--config.fits_level=0.0",
     ]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, cwd=elsewhere, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    workdir = elsewhere / "cli"
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["methods"] == ["scratch_l2"]
     methods = {r["method"] for r in report.load_rows(str(workdir / "results.jsonl"))}
     assert methods == {"teacher", "scratch_l2"}
+    assert f"results in {workdir}" in done.stdout  # the absolute, normalised path
 
-    bad = [*cmd[:5], "--workdir", str(tmp_path / "bad"), "--config.methods=('no_such_method',)"]
-    done = subprocess.run(bad, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode != 0
+    bad = [*cmd[:3], "--workdir", str(tmp_path / "bad"), "--config.methods=('no_such_method',)"]
+    done = subprocess.run(bad, cwd=elsewhere, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
     assert "no_such_method" in done.stderr and "tor_multitask" in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("kd-regression failed: ValueError: method='no_such_method'"), last
     assert not (tmp_path / "bad").exists()  # refused before any work
 
 

@@ -165,6 +165,9 @@ def test_quick_config_end_to_end(built, tmp_path):
     config = multipie_config.get_config("quick")
     config.dataset.data_dir = str(base / "data")
     config.noise = {"outliers": [0.3]}
+    # The dataset's plumbing, with a one-head, a rejecting and a two-head student (every
+    # method runs on images in tests/test_tasks.py's faces sweep).
+    config.methods = ("scratch_l2", "tor", "tor_multitask")
     rows = sweep.run(config, str(tmp_path))
     assert {r["method"] for r in rows} == {"teacher", *config.methods}
     assert all("fold" not in r for r in rows)
