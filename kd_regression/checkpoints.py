@@ -172,8 +172,9 @@ class Checkpoints:
         steps = sorted(self._manager.all_steps(), reverse=True)
         for i, step in enumerate(steps):
             with interrupts.deferred():  # a signal must not pass for damage
-                items, problem = None, self._files_problem(step)
+                items = None
                 try:
+                    problem = self._files_problem(step)
                     if problem is None:
                         args = ocp.args.StandardRestore(template)
                         items = self._manager.restore(step, args=args)
