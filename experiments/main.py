@@ -77,15 +77,15 @@ def _shipped_config(argv: list[str]) -> list[str]:
     out = list(argv)
     for i, arg in enumerate(out):
         if arg.startswith("--config="):
-            prefix, value = "--config=", arg[len("--config=") :]
+            where, prefix = i, "--config="
         elif arg == "--config" and i + 1 < len(out):
-            prefix, value, i = "", out[i + 1], i + 1
+            where, prefix = i + 1, ""
         else:
             continue
-        path, sep, rest = value.partition(":")
+        path, sep, rest = out[where][len(prefix) :].partition(":")
         shipped = os.path.join(CONFIGS, f"{path}.py")
         if not os.path.exists(path) and os.sep not in path and os.path.exists(shipped):
-            out[i] = prefix + shipped + sep + rest
+            out[where] = prefix + shipped + sep + rest
         break
     return out
 

@@ -56,13 +56,13 @@ RESULTS = "results.jsonl"
 CONFIG_FILE = "config.json"
 FITS_FILE = "fits.npz"  # the arrays of fits.png, so a resumed sweep can draw it again
 FAILURE_FILE = "failure.json"  # why the last run stopped (non-finite training), if it did
-# How a sweep runs, not what it computes: a resumed sweep may change these.
-# Keys the code reads with a default: a config may leave them out.
-OPTIONAL_KEYS = ("teacher.eval_every", "teacher.patience", "student.eval_every", "student.patience")
 MAX_SEED = 2**32 - 1
 # Train states a seed holds at once, at least: the state and the best state, and the host
 # copies of both an asynchronous checkpoint save makes.
 STATE_COPIES = 4
+# Keys the code reads with a default: a config may leave them out.
+OPTIONAL_KEYS = ("teacher.eval_every", "teacher.patience", "student.eval_every", "student.patience")
+# How a sweep runs, not what it computes: a resumed sweep may change these.
 RUN_KEYS = ("num_devices", "steps_per_call", "dataset.data_dir", "dataset.manual_dir")
 
 

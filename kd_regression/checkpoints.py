@@ -32,7 +32,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from kd_regression import interrupts, sharding
-from kd_regression.fileio import atomic_write_text
+from kd_regression.fileio import atomic_write_text, error_code
 
 DIGEST_KEY = "kd_regression_sha256"  # in each step's custom metadata: item -> sha256
 FILES_SUFFIX = ".files.json"  # <step>.files.json: file (relative path) -> sha256
@@ -42,7 +42,6 @@ DAMAGED_SUFFIX = ".damaged"
 # (RuntimeError). Anything else (a wrong tree, a bug) propagates as it is.
 _WRITE_ERRORS = (OSError, ValueError, RuntimeError)
 _TENSORSTORE_SPEC = re.compile(r" \[tensorstore_spec(\[\d+\])?='.*?'\]")
-_TENSORSTORE_ERRNO = re.compile(r"\[os_error_code='(\d+)'\]")
 
 
 def checkpoint_words(checkpoint_dir: str | None, checkpoint_step: int | None) -> str:
@@ -79,18 +78,15 @@ class CheckpointWriteError(OSError):
         self.name, self.step = name, step
         self.checkpoint_dir, self.checkpoint_step = checkpoint_dir, checkpoint_step
         self._error = error
-        code = getattr(error, "errno", None)
         # TensorStore (orbax's array writer) raises ValueErrors that carry the OS error
         # code and a long JSON spec of the array: the code is kept, the spec left out.
-        text = _short(error)
-        if code is None and (found := _TENSORSTORE_ERRNO.search(text)):
-            code = int(found.group(1))
+        code, text = error_code(error), _short(error)
         message = (
             f"{name}: could not write the checkpoint of step {step} to {checkpoint_dir}: "
             f"{type(error).__name__}: {text}; last good checkpoint: "
             f"{checkpoint_words(checkpoint_dir, checkpoint_step)}"
         )
-        if isinstance(code, int):
+        if code is not None:
             super().__init__(code, message)
         else:
             super().__init__(message)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -20,7 +21,19 @@ from typing import BinaryIO
 LOCK_FILE = ".lock"
 
 
-def _naming(error: OSError, path: str) -> OSError:
+_TENSORSTORE_ERRNO = re.compile(r"\[os_error_code='(\d+)'\]")
+
+
+def error_code(error: BaseException) -> int | None:
+    """The OS error code of ``error``: its errno, or the one TensorStore puts in the
+    message of its ValueErrors (``[os_error_code='28']``)."""
+    code = getattr(error, "errno", None)
+    if code is None and (found := _TENSORSTORE_ERRNO.search(str(error))):
+        code = int(found.group(1))
+    return code if isinstance(code, int) else None
+
+
+def with_filename(error: OSError, path: str) -> OSError:
     """``error`` again, with ``path`` as its file name (the OS's message often has none)."""
     if error.filename is not None:
         return error
@@ -41,7 +54,7 @@ def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".tmp")
     except OSError as e:
-        raise _naming(e, path) from e
+        raise with_filename(e, path) from e
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -50,7 +63,7 @@ def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
         os.replace(tmp, path)
     except OSError as e:
         os.unlink(tmp)
-        raise _naming(e, path) from e
+        raise with_filename(e, path) from e
     except BaseException:
         os.unlink(tmp)
         raise

@@ -5,7 +5,8 @@ in the main thread where it is running, like Ctrl-C normally is. Code that must 
 in the middle runs in :func:`deferred`: orbax starts an asynchronous save by handing work
 to a background thread, and an exception raised between the two left that thread waiting
 300 s for a directory that was never made. A signal that arrives inside such a section is
-raised when the section ends (orbax's part of a save takes milliseconds to a second).
+raised when the section ends (only orbax's own part of a save is waited for, not the
+writing, which goes on in the background and is finished on the way out).
 
 Everything else a run writes is safe to cut anywhere: files are written to a temporary
 name and renamed, teacher-store ranges are marked done only once written, and orbax

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -38,7 +37,7 @@ import tensorstore as ts
 from absl import logging
 
 from kd_regression import __version__
-from kd_regression.fileio import atomic_write_text
+from kd_regression.fileio import atomic_write_text, error_code
 
 ARRAY = "predictions.zarr"
 PENDING = "pending.json"
@@ -244,8 +243,8 @@ def write_range(directory: str, start: int, predictions: np.ndarray) -> None:
         array[..., start:stop, :].write(np.asarray(predictions, pending["dtype"])).result()
     except ValueError as e:  # tensorstore's write errors carry the OS error code
         message = f"could not write rows [{start}, {stop}) of the teacher store {directory}: {e}"
-        code = re.search(r"\[os_error_code='(\d+)'\]", str(e))
-        raise (OSError(int(code.group(1)), message) if code else OSError(message)) from e
+        code = error_code(e)
+        raise (OSError(code, message) if code is not None else OSError(message)) from e
     for s, e in _chunk_ranges(stop - start, chunk_rows):
         atomic_write_text(_marker(directory, start + s, start + e), "")
 

@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 
 from kd_regression import checkpoints, interrupts, sharding
 from kd_regression.checkpoints import CheckpointWriteError, checkpoint_words
+from kd_regression.fileio import with_filename
 from kd_regression.methods import METHODS, LossConfig, Method, get_method, loss_constants
 from kd_regression.models import Heads
 
@@ -251,7 +252,7 @@ class _JsonlWriter:
         try:
             yield
         except OSError as e:  # a full disk: say which file
-            raise OSError(e.errno, f"{e.strerror or e}: could not write {self._path}") from e
+            raise with_filename(e, self._path) from e
 
     def _write(self, row: dict):
         with self._naming_errors():
