@@ -1,5 +1,5 @@
 # The two commands of the README: `make sinusoid` (the main job) and `make test`.
-# Each creates the virtualenv and installs the pinned ranges on first use.
+# Each creates the virtualenv and installs the ranges of setup.cfg on first use.
 PYTHON ?= python3
 VENV ?= .venv
 WORKDIR ?= workdir/sinusoid
@@ -7,11 +7,12 @@ BIN := $(VENV)/bin
 
 .PHONY: sinusoid test lint install bench
 
+# The package with its test extra (the ranges are in setup.cfg). `make sinusoid` needs only
+# the package; the test tools come along so that every target shares one install.
 $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
-	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
 # PyTorch (CPU) for the speed benchmark's baseline and its equivalence test.

@@ -15,6 +15,8 @@ from kd_regression.fileio import atomic_write, atomic_write_text
 TEACHER = "teacher"
 DETECTION = ("rejection_rate", "precision", "recall")
 OUTPUTS = ("summary.md", "noise_sweep.png", "fits.png")  # what write_all writes
+_FIT_STYLES = {TEACHER: "C0--", "scratch_l2": "C1-", "tor_multitask": "C2-"}
+FIT_METHODS = tuple(k for k in _FIT_STYLES if k != TEACHER)  # the students fits.png draws
 
 
 def load_rows(path: str) -> list[dict]:
@@ -201,7 +203,7 @@ def plot_fits(fits: dict, path: str) -> None:
             label="corrupted labels",
         )
     ax.plot(fits["grid"], fits["clean"], "k-", lw=2, label="clean function")
-    for key, style in ((TEACHER, "C0--"), ("scratch_l2", "C1-"), ("tor_multitask", "C2-")):
+    for key, style in _FIT_STYLES.items():
         if key in fits:
             ax.plot(fits["grid"], fits[key], style, lw=1.5, label=f"{key}")
     ax.set_title(f"fits at {fits['noise']} level {fits['level']:g} (seed 0)")

@@ -30,7 +30,6 @@ class _Task:
     """Defaults of a task without folds, whose data the config alone determines."""
 
     population = "loop"
-    draws_fits = False
     metric = ("rmse", "test RMSE")  # (results.jsonl field, its name) for summary and plot
     not_in_fingerprint: tuple[str, ...] = ()  # dataset.* keys a cell's results ignore
     model_keys: tuple[str, ...] = ("model",)  # teacher.* / student.* keys of the model's sizes
@@ -45,13 +44,40 @@ class _Task:
         """A digest of data read from disk (None: the config determines the data)."""
         return None
 
+    def fits_grid(self, config: ml_collections.ConfigDict, kind: str, level: float):
+        """The inputs ``[m, ...]`` on which fits.png draws this cell's models, or None."""
+        return None
+
+    def fits_data(self, config: ml_collections.ConfigDict, data: dict) -> dict:
+        """What fits.png draws behind the models: seed 0's training data, the clean curve."""
+        return {}
+
 
 class SinusoidTask(_Task):
     name = "sinusoid"
     version = sinusoid.VERSION
     population = "vmap"  # tiny MLPs: one vmapped program for all seeds
-    draws_fits = True
     model_keys = ("hidden",)
+    fits_points = 400  # points of the x grid drawn in fits.png
+
+    def _grid(self) -> np.ndarray:
+        return np.linspace(-1, 1, self.fits_points, dtype=np.float32)[:, None]
+
+    def fits_grid(self, config, kind, level):
+        # Level 0 runs once for all noise models (see the sweep), so it draws for any.
+        if (kind == config.fits_noise or level == 0) and np.isclose(level, config.fits_level):
+            return self._grid()
+        return None
+
+    def fits_data(self, config, data):
+        ds = config.dataset
+        grid = self._grid()[:, 0]
+        return {
+            "x_train": data["x_train"][0, :, 0],
+            "y_train": data["y_train"][0, :, 0],
+            "corrupted": data["corrupted"][0],
+            "clean": sinusoid.function(grid, amplitude=ds.amplitude, frequency=ds.frequency),
+        }
 
     def train_size(self, ds: ml_collections.ConfigDict) -> int:
         return ds.train_size

@@ -58,7 +58,7 @@ class CheckpointWriteError(OSError):
     The orbax error is the ``__cause__``; ``errno`` is its errno where it has one. The
     step being saved was not made a checkpoint (orbax writes a temporary directory and
     renames it only once complete); the previous checkpoint is kept, and a rerun of
-    :func:`kd_regression.train.fit` with the same ``checkpoint_dir`` resumes from it.
+    :func:`kd_regression.loop.fit` with the same ``checkpoint_dir`` resumes from it.
 
     Attributes:
       name: ``fit``'s ``name``.

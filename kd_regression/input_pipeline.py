@@ -19,6 +19,11 @@ def _permutation(seed: int, member: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, member, epoch]).permutation(n)
 
 
+def _check_batch_size(batch_size: int, n: int) -> None:
+    if not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size={batch_size} must be in [1, n={n}] (the split size)")
+
+
 def batch_indices(n: int, *, batch_size: int, seed: int, step: int, member: int = 0) -> np.ndarray:
     """Row indices ``[batch_size]`` of the batch at ``step`` (0-based) for one member.
 
@@ -26,8 +31,7 @@ def batch_indices(n: int, *, batch_size: int, seed: int, step: int, member: int 
     rows of each epoch's permutation are left out of that epoch (every batch has the same
     shape, so the train step compiles once; the next epoch is a fresh permutation).
     """
-    if not 1 <= batch_size <= n:
-        raise ValueError(f"batch_size={batch_size} must be in [1, n={n}] (the split size)")
+    _check_batch_size(batch_size, n)
     per_epoch = n // batch_size
     epoch, pos = divmod(step, per_epoch)
     perm = _permutation(seed, member, epoch, n)
@@ -63,7 +67,7 @@ def batches(
     arguments raise here, not at the first ``next``: among them a NaN or infinity in a
     float NumPy array (the error names the key and the first bad row; a store refuses
     non-finite rows itself when it is written). The iterator's ``next_block(k)``
-    gives the next ``k`` steps' batches stacked (what ``train.fit`` runs in one call).
+    gives the next ``k`` steps' batches stacked (what ``loop.fit`` runs in one call).
     """
     axis = 0 if population is None else 1
     sizes = {k: v.shape[axis] if v.ndim > axis else None for k, v in arrays.items()}
@@ -76,8 +80,7 @@ def batches(
     for k, v in arrays.items():
         _check_finite(k, v, population is not None)
     n = next(iter(sizes.values()))
-    if not 1 <= batch_size <= n:
-        raise ValueError(f"batch_size={batch_size} must be in [1, n={n}] (the split size)")
+    _check_batch_size(batch_size, n)
     if np.ndim(seed) == 0:
         members = [(int(seed), m) for m in range(population or 1)]
     else:

@@ -95,6 +95,7 @@ class Method(NamedTuple):
     needs_teacher: bool  # the batch must carry "teacher"
     loss: LossFn  # (heads, batch, constants, cfg) -> ([batch] loss, batch metrics)
     description: str
+    rejects: bool = False  # drops the labels the teacher calls outliers (TOR's δ)
 
 
 def _rejected_fraction(batch: Batch, constants: Constants) -> dict[str, jax.Array]:
@@ -181,13 +182,14 @@ METHODS: dict[str, Method] = {
         Method("kd_mix", False, True, _kd_mix, "α·label L2 + (1-α)·teacher L2"),
         Method("bounded", False, True, _bounded, "Chen et al. 2017 teacher-bounded loss"),
         Method("ail", False, True, _ail, "Saputra et al. 2019 attentive imitation loss"),
-        Method("tor", False, True, _tor, "teacher outlier rejection, one head"),
+        Method("tor", False, True, _tor, "teacher outlier rejection, one head", rejects=True),
         Method(
             "tor_multitask",
             True,
             True,
             _tor_multitask,
             "TOR on head A + λ·L2 of head B to the teacher (Takamoto et al. 2020)",
+            rejects=True,
         ),
     ]
 }

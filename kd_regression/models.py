@@ -78,47 +78,6 @@ class MLPTrunk(nnx.Module):
         return x
 
 
-class ConvTrunk(nnx.Module):
-    """A plain CNN: per stage a stride-2 3×3 convolution and the activation, then global
-    average pooling: ``[batch, H, W, C] -> [batch, channels[-1]]``.
-
-    The simple image trunk of the store benchmark; the face and gaze experiments' ResNet
-    teacher and MobileNet-like student come with their issue.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        channels: Sequence[int],
-        *,
-        activation: str = "relu",
-        rngs: nnx.Rngs,
-    ):
-        if in_channels < 1 or not channels or min(channels) < 1:
-            raise ValueError(
-                f"ConvTrunk needs in_channels >= 1 and positive channels, got "
-                f"in_channels={in_channels}, channels={list(channels)}"
-            )
-        sizes = [in_channels, *channels]
-        self.convs = nnx.List(
-            [
-                nnx.Conv(a, b, kernel_size=(3, 3), strides=(2, 2), rngs=rngs)
-                for a, b in itertools.pairwise(sizes)
-            ]
-        )
-        self.activation = _activation(activation)
-        self.out_features = sizes[-1]
-
-    def __call__(
-        self, x: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None
-    ) -> jax.Array:
-        if x.ndim != 4:
-            raise ValueError(f"ConvTrunk expects [batch, H, W, C] inputs, got shape {x.shape}")
-        for conv in self.convs:
-            x = self.activation(conv(x))
-        return x.mean(axis=(1, 2))
-
-
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """XLA's 'SAME' padding of one spatial axis: (before, after)."""
     total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
@@ -341,20 +300,6 @@ def mlp(
 ) -> Regressor | TwoHeadStudent:
     """An MLP regressor (teacher or student); ``two_heads`` gives the multi-task student."""
     trunk = MLPTrunk(in_features, hidden, activation=activation, dropout=dropout, rngs=rngs)
-    return with_heads(trunk, out_features, two_heads=two_heads, rngs=rngs)
-
-
-def cnn(
-    in_channels: int,
-    channels: Sequence[int],
-    out_features: int,
-    *,
-    two_heads: bool = False,
-    activation: str = "relu",
-    rngs: nnx.Rngs,
-) -> Regressor | TwoHeadStudent:
-    """A CNN regressor on ``[batch, H, W, in_channels]`` images (see :class:`ConvTrunk`)."""
-    trunk = ConvTrunk(in_channels, channels, activation=activation, rngs=rngs)
     return with_heads(trunk, out_features, two_heads=two_heads, rngs=rngs)
 
 

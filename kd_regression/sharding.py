@@ -76,7 +76,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
-    """A ValueError unless ``batch_size`` splits evenly over the mesh's devices."""
+    """A ValueError unless ``batch_size`` splits evenly over the processes and over the
+    mesh's devices."""
+    process_rows(batch_size)  # raises if it does not split over the processes
     n = mesh.shape[DATA]
     if batch_size % n:
         lower, upper = batch_size - batch_size % n, batch_size + n - batch_size % n

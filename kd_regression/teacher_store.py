@@ -480,11 +480,6 @@ def write(
     commit(directory, statistics)
 
 
-def read(directory: str, fingerprint: Mapping[str, Any]) -> np.ndarray:
-    """The whole stored array, if the store is complete and made for ``fingerprint``."""
-    return open_store(directory, fingerprint).load()
-
-
 def parity_check(
     store: TeacherStore,
     predict: Callable[[np.ndarray], np.ndarray],

@@ -1,7 +1,7 @@
 """Bad input, end to end: each case fails with a message that names the problem, and
 leaves what was already written byte for byte as it was (files hashed before and after).
 
-Cases checked elsewhere, referred to by the README's table: the other kinds of damaged
+Cases checked elsewhere, referred to by the table in docs/reliability.md: the other kinds of damaged
 day file (``test_mpiigaze.py``), bad Multi-PIE trees (``test_multipie.py``), damaged and
 killed teacher stores (``test_teacher_store.py``), mismatched loss shapes
 (``test_losses.py``) and non-finite or mismatched arrays (``test_input_pipeline.py``).
@@ -22,7 +22,7 @@ import optax
 import pytest
 import scipy.io
 
-from kd_regression import input_pipeline, methods, models, teacher_store, train
+from kd_regression import input_pipeline, loop, methods, models, teacher_store, train
 from kd_regression.datasets import build, manual, mpiigaze, multipie
 
 import fakes
@@ -282,7 +282,7 @@ def _fit(arrays, checkpoint_dir, num_steps, starts=None):
             starts.append(start)
         return input_pipeline.batches(arrays, batch_size=8, seed=0, start_step=start)
 
-    return train.fit(
+    return loop.fit(
         state,
         step,
         batches,

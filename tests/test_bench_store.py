@@ -13,6 +13,7 @@ def test_bench_store_smoke():
         "-m",
         "experiments.bench_store",
         "--scale=0.005",
+        "--rows=0.05",
         "--repeats=1",
         "--warmup=1",
     ]

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import report, sweep
+from experiments import report, sweep, validation
 from experiments.configs import sinusoid as sinusoid_config
 from kd_regression.datasets import sinusoid
 from kd_regression.methods import METHODS
@@ -287,7 +287,7 @@ def test_every_shipped_config_passes_validation():
     # Fully validating these reads the dataset (split sizes): their keys, here.
     for module in (mpiigaze, multipie):
         for arg in (None, "quick"):
-            sweep._check_keys(module.get_config(arg))
+            validation.check_keys(module.get_config(arg))
 
 
 def test_a_workdir_that_cannot_be_written_fails_before_any_work(tmp_path):
@@ -300,10 +300,10 @@ def test_a_workdir_that_cannot_be_written_fails_before_any_work(tmp_path):
 
 
 def test_a_student_that_diverges_stops_the_sweep_and_the_report_says_why(tmp_path):
-    from kd_regression import train
+    from kd_regression import metric_window
 
     config = _small_config(**{"student.learning_rate": 1e30})  # Adam steps of 1e30: overflow
-    with pytest.raises(train.NonFiniteError) as raised:
+    with pytest.raises(metric_window.NonFiniteError) as raised:
         sweep.run(config, str(tmp_path))
     e = raised.value
     assert e.name == "outliers_0.3/scratch_l2" and "loss" in e.metrics

@@ -116,19 +116,32 @@ def test_param_count(two_heads, dropout, expected):
     assert models.param_count(params) == expected == sum(x.size for x in jax.tree.leaves(params))
 
 
+# Parameters of a stem of 4 and widths (4, 8), one block per stage, without the heads.
+# Every convolution is bias-free and followed by batch norm (a scale and a bias per channel):
+#   stem 3x3x1x4 + 8 = 44 (both trunks);
+#   resnet: block 4->4 2*(3x3x4x4 + 8) = 304; block 4->8 (3x3x4x8 + 16) + (3x3x8x8 + 16)
+#     + 1x1x4x8 projection + 16 = 944;
+#   mobilenet: block 4->4 (3x3x1x4 + 8) + (1x1x4x4 + 8) = 68; block 4->8 (3x3x1x4 + 8)
+#     + (1x1x4x8 + 16) = 92.
+IMAGE_TRUNK_PARAMS = {"resnet": 44 + 304 + 944, "mobilenet": 44 + 68 + 92}
+
+
+@pytest.mark.parametrize("trunk", sorted(IMAGE_TRUNK_PARAMS))
 @pytest.mark.parametrize("two_heads", [False, True])
-def test_cnn_heads_and_shapes(two_heads):
-    model = models.cnn(1, [4, 8], 2, two_heads=two_heads, rngs=nnx.Rngs(0))
-    heads = model(np.ones((3, 36, 60, 1), np.float32))
+def test_image_regressor_on_gaze_sized_images(trunk, two_heads):
+    model = models.image_regressor(
+        trunk, 1, [4, 8], 2, stem=4, two_heads=two_heads, rngs=nnx.Rngs(0)
+    )
+    heads = model(np.ones((3, 36, 60, 1), np.float32))  # MPIIGaze's eye images: not square
     assert set(heads) == ({"label", "teacher"} if two_heads else {"main"})
     assert all(h.shape == (3, 2) for h in heads.values())
-    # 3x3 kernels with bias: (9*1*4 + 4) + (9*4*8 + 8), plus the linear head(s) 8*2 + 2.
-    expected = 40 + 296 + 18 * (2 if two_heads else 1)
+    # The linear head(s): 8*2 + 2 each.
+    expected = IMAGE_TRUNK_PARAMS[trunk] + 18 * (2 if two_heads else 1)
     assert models.param_count(nnx.state(model, nnx.Param)) == expected
     with pytest.raises(ValueError, match="H, W, C"):
         model(np.ones((3, 36), np.float32))
-    with pytest.raises(ValueError, match="channels"):
-        models.ConvTrunk(1, [], rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="widths"):
+        models.image_regressor(trunk, 1, [], 2, rngs=nnx.Rngs(0))
 
 
 @pytest.mark.parametrize("trunk", ["resnet", "mobilenet"])

@@ -255,7 +255,7 @@ def test_sigint_during_a_save_and_sigterm_stop_at_once_and_resume(reference, tmp
 @pytest.mark.parametrize(
     ("function", "file"),
     [
-        ("experiments.sweep._save_fits", "fits.npz"),
+        ("experiments.resume.save_fits", "fits.npz"),
         ("kd_regression.teacher_store.write_range", "teacher_store/outliers_0.3"),
     ],
 )

@@ -33,9 +33,9 @@ RUN = textwrap.dedent(
     """
     import functools, glob, os, signal, sys, time
     from absl import logging
-    from experiments import sweep
+    from experiments import resume, sweep
     from experiments.configs import sinusoid
-    from kd_regression import fileio, input_pipeline, teacher_store, train
+    from kd_regression import fileio, input_pipeline, loop, teacher_store, train
 
     workdir, point = sys.argv[1], sys.argv[2]
     kind, _, arg = point.partition(":")
@@ -49,7 +49,7 @@ RUN = textwrap.dedent(
 
     if kind == "fit":
         name, step, ckpt = arg.rsplit(":", 2)
-        current, fit = [None], train.fit
+        current, fit = [None], loop.fit
 
         def named_fit(*args, **kwargs):
             current[0] = kwargs["name"]
@@ -69,7 +69,7 @@ RUN = textwrap.dedent(
                 die()
             return next_block(self, k)
 
-        train.fit = named_fit
+        loop.fit = named_fit
         input_pipeline.Batches.next_block = counted_next_block
     elif kind == "store":
         write_range, calls = teacher_store.write_range, []
@@ -90,7 +90,7 @@ RUN = textwrap.dedent(
             die()
 
         def killed_write_text(path, text):
-            if not path.endswith(sweep.RESULTS):
+            if not path.endswith(resume.RESULTS):
                 return write_text(path, text)
             calls.append(1)
             if len(calls) == int(arg) and kind == "results-tmp":

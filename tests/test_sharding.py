@@ -63,7 +63,7 @@ def test_mesh_and_batch_errors():
 EIGHT_DEVICES = textwrap.dedent(
     """
     import functools, chex, jax, numpy as np, optax
-    from kd_regression import models, sharding, train
+    from kd_regression import loop, models, sharding, train
     import test_sharding as t
 
     assert jax.device_count() == 8, jax.devices()
@@ -137,7 +137,7 @@ def test_same_step_on_1_and_8_devices_and_no_retrace():
     )
     assert (
         "config error: student.batch_size=100 does not split over 8 devices: use a multiple "
-        "of 8, or set num_devices"
+        "of 8 (e.g. 96 or 104), or set num_devices"
     ) in out.stdout
     assert "4 devices accepted" in out.stdout
 
@@ -189,7 +189,7 @@ def _env(devices: int) -> dict:
 FIT_ON_MESH = textwrap.dedent(
     """
     import functools, os, sys, chex, jax, numpy as np, optax
-    from kd_regression import input_pipeline, models, sharding, train
+    from kd_regression import input_pipeline, loop, models, sharding, train
 
     assert jax.device_count() == 8
     compiles = []
@@ -215,7 +215,7 @@ FIT_ON_MESH = textwrap.dedent(
                 yield b
 
         ckpt = os.path.join(sys.argv[1], f"ckpt{n}")
-        result = train.fit(state, step, batches, num_steps=40, log_every=10,
+        result = loop.fit(state, step, batches, num_steps=40, log_every=10,
                            checkpoint_dir=ckpt, checkpoint_every=10, mesh=mesh)
         assert all(len(a.sharding.device_set) == n for a in jax.tree.leaves(result.state.params))
         # Batch 13 is asked for after step 12, past the first step and the first checkpoint
@@ -226,7 +226,7 @@ FIT_ON_MESH = textwrap.dedent(
         out[n] = jax.tree.leaves(jax.device_get(result.state.params))
         # Resuming from the final checkpoint on the mesh returns the same state.
         fresh = train.init_state(model_fn, tx, jax.random.key(0))[1]  # fit donated `state`
-        again = train.fit(fresh, step, batches, num_steps=40, checkpoint_dir=ckpt, mesh=mesh)
+        again = loop.fit(fresh, step, batches, num_steps=40, checkpoint_dir=ckpt, mesh=mesh)
         for a, b in zip(out[n], jax.tree.leaves(jax.device_get(again.state.params))):
             np.testing.assert_array_equal(a, b)
     for a, b in zip(out[1], out[8], strict=True):

@@ -40,8 +40,8 @@ def test_round_trip(tmp_path, shape, dtype, chunk_rows):
     index = np.array([4, 0, 2])
     np.testing.assert_array_equal(store.rows(index), preds[..., index, :])
     # A tuple and its list are the same fingerprint (compared after a JSON round trip).
-    again = teacher_store.read(directory, {**FINGERPRINT, "teacher": {"hidden": [64, 64]}})
-    np.testing.assert_array_equal(again, preds)
+    again = teacher_store.open_store(directory, {**FINGERPRINT, "teacher": {"hidden": [64, 64]}})
+    np.testing.assert_array_equal(again.load(), preds)
     manifest = json.loads((tmp_path / "store" / teacher_store.MANIFEST).read_text())
     assert manifest["shape"] == list(shape) and manifest["dtype"] == np.dtype(dtype).name
     assert manifest["library_version"] == __version__
@@ -91,9 +91,10 @@ def test_rewrite_with_new_fingerprint_replaces_store(tmp_path):
     teacher_store.write(directory, _predictions(), FINGERPRINT)
     new = _predictions((2, 8, 3)) + 1
     teacher_store.write(directory, new, {**FINGERPRINT, "seed": 4})
-    np.testing.assert_array_equal(teacher_store.read(directory, {**FINGERPRINT, "seed": 4}), new)
+    store = teacher_store.open_store(directory, {**FINGERPRINT, "seed": 4})
+    np.testing.assert_array_equal(store.load(), new)
     with pytest.raises(teacher_store.StoreMismatchError, match="seed"):
-        teacher_store.read(directory, FINGERPRINT)
+        teacher_store.open_store(directory, FINGERPRINT)
 
 
 def test_write_range_validates(tmp_path):
@@ -120,8 +121,9 @@ def test_damaged_chunk_is_detected(tmp_path, damage):
         open(victim, "wb").write(data[:10] + bytes([data[10] ^ 0xFF]) + data[11:])
     else:
         os.remove(victim)
+    # Caught at open (chunk checksums in the manifest) or at the latest on reading.
     with pytest.raises(teacher_store.StoreCorruptError):
-        teacher_store.read(directory, FINGERPRINT)
+        teacher_store.open_store(directory, FINGERPRINT).load()
 
 
 def test_chunk_deleted_after_open_is_detected_on_read(tmp_path):
@@ -210,7 +212,7 @@ def test_parallel_writers_fill_disjoint_ranges(tmp_path, stagger):
         # Process 1 finished last: process 0 commits when it is run again.
         assert _writer(directory, index=0, count=2, log=logs[0]).wait(120) == 0
         assert sorted(_computed_rows(logs[0])) == rows[0]  # nothing computed twice
-    np.testing.assert_array_equal(teacher_store.read(directory, {"f": 1}), EXPECTED)
+    np.testing.assert_array_equal(teacher_store.open_store(directory, {"f": 1}).load(), EXPECTED)
 
 
 def test_parity_check(tmp_path):

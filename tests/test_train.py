@@ -17,7 +17,16 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from kd_regression import input_pipeline, losses, methods, models, train
+from kd_regression import (
+    input_pipeline,
+    loop,
+    losses,
+    methods,
+    metric_window,
+    models,
+    train,
+    writers,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -259,7 +268,7 @@ def test_non_finite_batch_leaves_state_and_fit_raises():
             yield bad if start + i == 2 else batch  # the batch of step 3
 
     with pytest.raises(FloatingPointError, match="step 3"):
-        train.fit(state, step, batches, num_steps=5)
+        loop.fit(state, step, batches, num_steps=5)
 
 
 def test_non_finite_member_of_population():
@@ -273,8 +282,8 @@ def test_non_finite_member_of_population():
     np.testing.assert_array_equal(metrics["finite"], [True, False])
     assert not _trees_equal(_member(new.params, 0), _member(pop.params, 0))
     _assert_trees_equal(_member(new.params, 1), _member(pop.params, 1))
-    with pytest.raises(train.NonFiniteError) as info:
-        train.fit(pop, step, lambda start: iter([batch] * 3), num_steps=3)
+    with pytest.raises(metric_window.NonFiniteError) as info:
+        loop.fit(pop, step, lambda start: iter([batch] * 3), num_steps=3)
     # An infinite label: an infinite loss, and a gradient through it that is not finite.
     assert (info.value.step, info.value.members) == (1, [1])
     assert info.value.metrics == ["loss", "grad_norm"]
@@ -326,8 +335,8 @@ def test_non_finite_step_is_never_checkpointed(tmp_path, method, label, bad):
     that save instead, and the checkpoint of step 6 is the last good one, kept."""
     _, state, step = _setup(method)
     ckpt = str(tmp_path / "ckpt")
-    with pytest.raises(train.NonFiniteError) as info:
-        train.fit(
+    with pytest.raises(metric_window.NonFiniteError) as info:
+        loop.fit(
             state,
             step,
             _with_bad_label(7, label),
@@ -377,8 +386,8 @@ def test_non_finite_gradient_of_a_finite_loss(tmp_path):
             yield first if start + i == 0 else batch
 
     ckpt = str(tmp_path / "ckpt")
-    with pytest.raises(train.NonFiniteError) as info:
-        train.fit(state, step, batches, num_steps=4, checkpoint_every=2, checkpoint_dir=ckpt)
+    with pytest.raises(metric_window.NonFiniteError) as info:
+        loop.fit(state, step, batches, num_steps=4, checkpoint_every=2, checkpoint_dir=ckpt)
     e = info.value
     assert (e.step, e.metrics, e.members, e.checkpoint_step) == (1, ["grad_norm"], [0], None)
     assert str(e) == (
@@ -386,8 +395,8 @@ def test_non_finite_gradient_of_a_finite_loss(tmp_path):
         f"were left at their last finite values; last good checkpoint: no checkpoint in {ckpt}"
     )
     assert os.listdir(ckpt) == []
-    with pytest.raises(train.NonFiniteError, match=r"no checkpoint \(no checkpoint_dir\)$"):
-        train.fit(state, step, batches, num_steps=4)
+    with pytest.raises(metric_window.NonFiniteError, match=r"no checkpoint \(no checkpoint_dir\)$"):
+        loop.fit(state, step, batches, num_steps=4)
 
 
 # argv: checkpoint directory, the step whose save finds the disk full. Runs the test's
@@ -399,7 +408,7 @@ DISK_FULL = textwrap.dedent(
     import orbax.checkpoint as ocp
     sys.path.insert(0, "tests")
     import test_train as t
-    from kd_regression import train
+    from kd_regression import checkpoints, loop, methods, metric_window, train, writers
 
     directory, full_at = sys.argv[1], int(sys.argv[2])
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead
@@ -415,9 +424,9 @@ DISK_FULL = textwrap.dedent(
     ocp.CheckpointManager.save = save_on_a_full_disk
     _, state, step = t._setup()
     try:
-        train.fit(state, step, t._batches(t._line()), num_steps=9, checkpoint_every=3,
+        loop.fit(state, step, t._batches(t._line()), num_steps=9, checkpoint_every=3,
                   checkpoint_dir=directory, name="student")
-    except train.CheckpointWriteError as e:
+    except checkpoints.CheckpointWriteError as e:
         resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
         print(json.dumps({
             "errno": e.errno, "message": str(e), "cause": str(e.__cause__), "step": e.step,
@@ -464,11 +473,11 @@ def test_full_disk_during_a_checkpoint_keeps_the_last_and_resumes(tmp_path):
 
     counted, calls = _counted(step)
     # Checkpoints now at 4, 8 and 9: no save of step 6 replaces what was left of it.
-    resumed = train.fit(
+    resumed = loop.fit(
         state, counted, _batches(_line()), num_steps=9, checkpoint_every=4, checkpoint_dir=ckpt
     )
     assert calls == list(range(3, 9))
-    full = train.fit(state, step, _batches(_line()), num_steps=9)
+    full = loop.fit(state, step, _batches(_line()), num_steps=9)
     _assert_trees_equal(resumed.last_state, full.last_state)
     # What was left of step 6's save is cleaned up; the two latest are kept.
     assert sorted(os.listdir(ckpt)) == ["8", "8.files.json", "9", "9.files.json"]
@@ -510,7 +519,7 @@ def test_fit_learns_a_line():
         pred = train.predict(predict, s, arrays["x"])["main"]
         return float(train.regression_metrics(pred, arrays["y"])["rmse"]) ** 2
 
-    result = train.fit(state, step, _batches(arrays), num_steps=300, log_every=300)
+    result = loop.fit(state, step, _batches(arrays), num_steps=300, log_every=300)
     assert result.steps_run == 300 and int(result.state.step) == 300
     assert result.best_val is None and result.best_step is None
     _assert_trees_equal(result.state, result.last_state)
@@ -521,7 +530,7 @@ def test_fit_learns_a_line():
 def test_fit_rejects_bad_arguments(kwargs):
     _, state, step = _setup()
     with pytest.raises(ValueError, match="must be >= 1"):
-        train.fit(state, step, _batches(_line()), **{"num_steps": 5, **kwargs})
+        loop.fit(state, step, _batches(_line()), **{"num_steps": 5, **kwargs})
 
 
 def _reference_states(state, step, num_steps):
@@ -536,7 +545,7 @@ def test_fit_early_stopping_returns_best_state():
     _, state, step = _setup()
     # A tie (step 6) is no improvement.
     eval_fn, seen = _scripted([3.0, 1.0, 1.0, 2.5, 1.5, 0.5])
-    result = train.fit(
+    result = loop.fit(
         state, step, _batches(_line()), num_steps=50, eval_fn=eval_fn, eval_every=2, patience=3
     )
     assert seen == [2, 4, 6, 8, 10]
@@ -555,7 +564,7 @@ def test_fit_population_best_state_per_member():
     eval_fn, seen = _scripted([[1.0, 5.0], [2.0, 4.0], [3.0, 1.0], [4.0, 2.0]])
     arrays = _line(population=2)
     # Patience counts evaluations where no member improved: here one always does.
-    result = train.fit(
+    result = loop.fit(
         pop, step, _batches(arrays, 2), num_steps=8, eval_fn=eval_fn, eval_every=2, patience=2
     )
     assert seen == [[2, 2], [4, 4], [6, 6], [8, 8]] and result.steps_run == 8
@@ -573,9 +582,9 @@ def test_fit_resumes_finished_run(tmp_path):
     graphdef, state, step = _setup()
     counted, calls = _counted(step)
     kwargs = {"num_steps": 6, "eval_fn": _eval_fn(graphdef), "eval_every": 3}
-    first = train.fit(state, counted, _batches(_line()), checkpoint_dir=str(tmp_path), **kwargs)
+    first = loop.fit(state, counted, _batches(_line()), checkpoint_dir=str(tmp_path), **kwargs)
     assert calls == [0, 1, 2, 3, 4, 5]
-    second = train.fit(state, counted, _batches(_line()), checkpoint_dir=str(tmp_path), **kwargs)
+    second = loop.fit(state, counted, _batches(_line()), checkpoint_dir=str(tmp_path), **kwargs)
     assert len(calls) == 6 and second.steps_run == 6  # nothing left to train
     _assert_trees_equal(second.last_state, first.last_state)
     _assert_trees_equal(second.state, first.state)
@@ -596,10 +605,10 @@ def test_fit_interrupted_then_resumed_equals_uninterrupted(tmp_path, population)
     batches = _batches(_line(population=population), population)
     counted, calls = _counted(step)
     kwargs = {"eval_fn": eval_fn, "eval_every": 3, "checkpoint_dir": str(tmp_path)}
-    train.fit(state, counted, batches, num_steps=4, **kwargs)  # "killed" after step 4
-    resumed = train.fit(state, counted, batches, num_steps=10, **kwargs)
+    loop.fit(state, counted, batches, num_steps=4, **kwargs)  # "killed" after step 4
+    resumed = loop.fit(state, counted, batches, num_steps=10, **kwargs)
     assert calls == list(range(10)) and resumed.steps_run == 10
-    full = train.fit(state, step, batches, num_steps=10, eval_fn=eval_fn, eval_every=3)
+    full = loop.fit(state, step, batches, num_steps=10, eval_fn=eval_fn, eval_every=3)
     _assert_trees_equal(resumed.last_state, full.last_state)
     np.testing.assert_array_equal(resumed.last_state.step, np.full(np.shape(state.step), 10))
 
@@ -610,7 +619,7 @@ def test_fit_rerun_of_early_stopped_run_trains_no_more(tmp_path):
 
     def run():
         eval_fn, _ = _scripted([3.0, 1.0, 2.0, 2.5, 2.5, 2.5])
-        return train.fit(
+        return loop.fit(
             state,
             counted,
             _batches(_line()),
@@ -631,8 +640,8 @@ def test_fit_rerun_of_early_stopped_run_trains_no_more(tmp_path):
 def test_fit_checkpoints_without_eval_fn(tmp_path):
     _, state, step = _setup()
     counted, calls = _counted(step)
-    first = train.fit(state, counted, _batches(_line()), num_steps=4, checkpoint_dir=str(tmp_path))
-    second = train.fit(state, counted, _batches(_line()), num_steps=4, checkpoint_dir=str(tmp_path))
+    first = loop.fit(state, counted, _batches(_line()), num_steps=4, checkpoint_dir=str(tmp_path))
+    second = loop.fit(state, counted, _batches(_line()), num_steps=4, checkpoint_dir=str(tmp_path))
     _assert_trees_equal(second.state, first.state)
     assert len(calls) == 4  # the second call resumed at step 4
 
@@ -691,7 +700,7 @@ def _events(logdir):
 
 def test_make_writer(tmp_path):
     logdir = str(tmp_path / "logs")
-    writer = train.make_writer(logdir)
+    writer = writers.make_writer(logdir)
     writer.write_scalars(3, {"train/loss": 1.5, "n": np.int32(2)})
     writer.write_scalars(5, {"train/loss": jnp.float32(0.25)})
     writer.flush()
@@ -701,7 +710,7 @@ def test_make_writer(tmp_path):
         rows = [json.loads(line) for line in f]
     assert rows == [{"step": 3, "train/loss": 1.5, "n": 2.0}, {"step": 5, "train/loss": 0.25}]
     assert _events(logdir) == {"train/loss": {3: 1.5, 5: 0.25}, "n": {3: 2.0}}
-    logger = train.make_writer(None)  # logging only
+    logger = writers.make_writer(None)  # logging only
     logger.write_scalars(1, {"a": 1.0})
     logger.flush()
 
@@ -715,9 +724,9 @@ def test_fit_writes_metrics(tmp_path):
         losses_seen.append(float(metrics["loss"]))
         return s, metrics
 
-    writer = train.make_writer(str(tmp_path))
+    writer = writers.make_writer(str(tmp_path))
     eval_fn, _ = _scripted([0.75])
-    train.fit(
+    loop.fit(
         state,
         recording_step,
         _batches(_line()),
@@ -808,7 +817,7 @@ def test_fit_with_steps_per_call_equals_single_steps(tmp_path, population):
 
     common = dict(num_steps=30, log_every=10, eval_every=7, checkpoint_every=9)
     common["batch_axis"] = 0 if population is None else 1  # blocks [P, K, B, ...]
-    writers = {}
+    logs = {}
     results = {}
     blocks = dict(multi_step=multi, steps_per_call=4)
     runs = (
@@ -817,18 +826,18 @@ def test_fit_with_steps_per_call_equals_single_steps(tmp_path, population):
         ("stacked", lambda start: (b for b in batches(start)), blocks),  # any iterator
     )
     for name, feed, kw in runs:
-        writers[name] = train.make_writer(str(tmp_path / name))
-        results[name] = train.fit(
+        logs[name] = writers.make_writer(str(tmp_path / name))
+        results[name] = loop.fit(
             state,
             step,
             feed,
             eval_fn=recording_eval(name),
-            writer=writers[name],
+            writer=logs[name],
             checkpoint_dir=str(tmp_path / name / "ckpt"),
             **common,
             **kw,
         )
-        writers[name].close()
+        logs[name].close()
     for name in ("blocks", "stacked"):
         _assert_trees_equal(results["single"].last_state, results[name].last_state)
         _assert_trees_equal(results["single"].state, results[name].state)
@@ -836,10 +845,10 @@ def test_fit_with_steps_per_call_equals_single_steps(tmp_path, population):
     # Blocks of 4 run wherever the next event (7, 9, 10, 14, 18, 20, 21, 27, 28, 30) is
     # at least 4 steps away; single steps fill the rest.
     assert multi_calls == [0, 10, 14, 21] * 2
-    for name in writers:
+    for name in logs:
         with open(tmp_path / name / "metrics.jsonl") as f:
-            writers[name] = [json.loads(line) for line in f]
-    assert writers["single"] == writers["blocks"] == writers["stacked"]
+            logs[name] = [json.loads(line) for line in f]
+    assert logs["single"] == logs["blocks"] == logs["stacked"]
 
 
 def test_non_finite_step_inside_a_block_is_named():
@@ -853,10 +862,10 @@ def test_non_finite_step_inside_a_block_is_named():
             yield bad if start + i == 5 else batch  # the batch of step 6, in the 2nd block
 
     with pytest.raises(FloatingPointError, match="step 6"):
-        train.fit(state, step, batches, num_steps=8, multi_step=multi, steps_per_call=4)
+        loop.fit(state, step, batches, num_steps=8, multi_step=multi, steps_per_call=4)
 
 
 def test_fit_rejects_bad_steps_per_call():
     _, state, step = _setup()
-    with pytest.raises(ValueError, match="steps_per_call must be >= 1, got 0"):
-        train.fit(state, step, _batches(_line()), num_steps=4, steps_per_call=0)
+    with pytest.raises(ValueError, match="steps_per_call=0: must be >= 1"):
+        loop.fit(state, step, _batches(_line()), num_steps=4, steps_per_call=0)

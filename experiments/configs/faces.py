@@ -24,30 +24,17 @@ _model = common.image_model
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.num_seeds = 3
-    # Data-parallel devices (every batch split over them): 0 = all JAX sees, n = the first n.
-    config.num_devices = 0
-    # Train steps per compiled call (a lax.scan; the same numbers as single steps). 1 here:
-    # on XLA's CPU backend a scan of this CNN's steps measured slower (bench_speed); try
-    # 16 on an accelerator, where small steps are bound by dispatch.
-    config.steps_per_call = 1
+    config = common.base("faces", huber_delta=0.1)  # on (sin θ, cos θ): 0.1 ≈ 6°
 
-    config.dataset = ml_collections.ConfigDict()
-    config.dataset.name = "faces"
     config.dataset.rotations_per_face = 100  # 70 train faces -> 7000 training examples
     config.dataset.max_angle = 60.0  # θ ~ U(-60°, 60°); outlier labels too
     config.dataset.fractions = (0.7, 0.15, 0.15)  # train / validation / test faces
 
-    # Label noise on θ (degrees) of the training and validation splits; test stays clean.
-    config.noise = ml_collections.ConfigDict()
-    # Fewer levels than the sinusoid's, to keep the default run near 20 min on 2 cores.
+    # Noise on θ in degrees. Fewer levels than the other experiments', to keep the default
+    # run near 20 min on 2 cores.
     config.noise.outliers = (0.0, 0.2, 0.4)  # rate p
     config.noise.gaussian = (0.0, 10.0, 20.0, 40.0)  # σ in degrees
 
-    config.teacher = ml_collections.ConfigDict()
-    config.teacher.method = "scratch_l2"
     config.teacher.model = _model("resnet", (16, 32, 64), 16, 2, 1)
     config.teacher.learning_rate = 3e-3
     config.teacher.batch_size = 64
@@ -55,37 +42,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.teacher.eval_every = 150
     config.teacher.patience = 4
     config.teacher.checkpoint_every = 300
-    config.teacher.folds = 0
 
-    config.store = common.store()
-
-    config.student = ml_collections.ConfigDict()
     config.student.model = _model("mobilenet", (8, 16, 32), 8, 2, 1)
     config.student.learning_rate = 3e-3
     config.student.batch_size = 64
     config.student.num_steps = 400
     config.student.checkpoint_every = 400
 
-    config.methods = common.METHODS
-    config.loss = common.loss(huber_delta=0.1)  # on (sin θ, cos θ): 0.1 ≈ 6°
-    config.inference_head = "label"
-    config.fits_noise = "outliers"  # faces draw no fits.png; kept for a uniform config
-    config.fits_level = 0.4
-
-    if arg == "quick":
-        config.num_seeds = 2
+    if common.is_quick(arg):
+        common.quick_image_parts(config, batch_size=32, teacher_steps=20, student_steps=10)
         config.dataset.rotations_per_face = 4
         config.noise.outliers = (0.0, 0.3)
         config.noise.gaussian = (20.0,)
-        config.teacher.model = _model("resnet", (4, 8), 4, 2, 1)
-        config.teacher.batch_size = 32
-        config.teacher.num_steps = 20
-        config.teacher.eval_every = 10
-        config.teacher.checkpoint_every = 10
-        config.student.model = _model("mobilenet", (4, 8), 4, 2, 1)
-        config.student.batch_size = 32
-        config.student.num_steps = 10
-        config.student.checkpoint_every = 10
-    elif arg not in (None, ""):
-        raise ValueError(f"unknown config argument {arg!r}; use '' or 'quick'")
     return config

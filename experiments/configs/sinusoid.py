@@ -26,17 +26,11 @@ from experiments.configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.seed = 0
+    config = common.base("sinusoid", huber_delta=0.1)
     config.num_seeds = 5
-    # Data-parallel devices (every batch split over them): 0 = all JAX sees, n = the first n.
-    config.num_devices = 0
-    # Train steps per compiled call (a lax.scan; the same numbers as single steps): fewer
-    # dispatches for small models. Logs, evaluations and checkpoints cut the blocks short.
+    # A scan of this small MLP's steps: fewer dispatches, on any backend.
     config.steps_per_call = 16
 
-    config.dataset = ml_collections.ConfigDict()
-    config.dataset.name = "sinusoid"
     config.dataset.train_size = 2000
     config.dataset.validation_size = 500
     config.dataset.test_size = 2000
@@ -44,43 +38,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dataset.frequency = 8.0
     config.dataset.outlier_margin = 0.5  # outlier labels ~ U(f range ± margin)
 
-    # Label noise on the training and validation splits; the test split stays clean.
-    config.noise = ml_collections.ConfigDict()
-    config.noise.outliers = (0.0, 0.1, 0.2, 0.3, 0.4)  # rate p
     config.noise.gaussian = (0.0, 0.1, 0.2, 0.3, 0.5)  # σ
 
-    config.teacher = ml_collections.ConfigDict()
-    config.teacher.method = "scratch_l2"  # or scratch_huber / scratch_l1 (robust teacher)
     config.teacher.hidden = (128, 128, 128)
     config.teacher.learning_rate = 3e-3
     config.teacher.batch_size = 128
     config.teacher.num_steps = 6000
     config.teacher.eval_every = 250
-    config.teacher.patience = 6  # evaluations without improvement on the noisy val split
-    config.teacher.checkpoint_every = 1000  # orbax checkpoints; a rerun resumes from them
-    # k >= 2: k teachers on k folds, each example's stored prediction from the teacher that
-    # did not see it (out-of-fold; our addition against the memorization effect). 0: off.
-    config.teacher.folds = 0
+    config.teacher.checkpoint_every = 1000
 
-    config.store = common.store()
-
-    config.student = ml_collections.ConfigDict()
     config.student.hidden = (16, 16)
     config.student.learning_rate = 3e-3
     config.student.batch_size = 128
     config.student.num_steps = 4000
-    config.student.checkpoint_every = 4000  # at the end: a rerun skips finished students
+    config.student.checkpoint_every = 4000  # at the end
 
-    config.methods = common.METHODS
-    config.loss = common.loss(huber_delta=0.1)
-
-    # Which head of the two-head student is "the" prediction (ours; both are reported).
-    config.inference_head = "label"
-    # fits.png: the noise model and level whose fits are drawn (seed 0).
+    # fits.png (drawn for this task only): the noise model and level whose fits are drawn
+    # (seed 0).
     config.fits_noise = "outliers"
     config.fits_level = 0.4
 
-    if arg == "quick":
+    if common.is_quick(arg):
         config.num_seeds = 2
         config.dataset.train_size = 400
         config.dataset.validation_size = 100
@@ -95,6 +73,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.student.num_steps = 200
         config.student.checkpoint_every = 200
         config.fits_level = 0.3
-    elif arg not in (None, ""):
-        raise ValueError(f"unknown config argument {arg!r}; use '' or 'quick'")
     return config

@@ -1,0 +1,257 @@
+"""One cell of the sweep: a (noise model, level[, fold]) for every seed at once.
+
+Its data (the task's splits with label noise), its teacher, the teacher's store, one
+student per method, and the rows of results.jsonl: the method's four calls
+(:mod:`kd_regression.distill`) on a population of seeds, plus the keys that let a rerun
+find its checkpoints and stores again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+import zlib
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+from experiments import report
+from experiments.validation import TEACHER, cell_name, seeds, train_config
+from kd_regression import distill, interrupts, losses, models, noise
+from kd_regression.methods import LossConfig, get_method
+from kd_regression.trainer import Trainer
+
+# Where data are read from, not what they are: left out of the teacher's fingerprint.
+DATA_PATHS = ("data_dir", "manual_dir")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    kind: str  # the noise model
+    level: float
+    fold: int | None = None
+
+    @property
+    def name(self) -> str:
+        return cell_name(self.kind, self.level, self.fold)
+
+
+class Trainers:
+    """One :class:`kd_regression.Trainer` per (role, method), compiled once for the
+    whole sweep (the per-cell δ and η live in the train state, so they never recompile)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, task, loss_cfg: LossConfig, mesh: Mesh):
+        self.config, self.task, self.loss_cfg, self.mesh = config, task, loss_cfg, mesh
+        self._cache: dict[tuple[str, str], Trainer] = {}
+
+    def get(self, role: str, method_name: str) -> Trainer:
+        key = (role, method_name)
+        if key not in self._cache:
+            method = get_method(method_name)
+            self._cache[key] = Trainer(
+                self.task.model_fn(self.config[role], method.two_heads),
+                method,
+                train_config(self.config, role),
+                self.loss_cfg,
+                mesh=self.mesh,
+                population=self.task.population,
+            )
+        return self._cache[key]
+
+
+@dataclasses.dataclass
+class Context:
+    """What every cell of one sweep shares."""
+
+    config: ml_collections.ConfigDict
+    loss_cfg: LossConfig
+    task: Any
+    trainers: Trainers
+    workdir: str
+    writer: Any
+
+
+def cell_data(config: ml_collections.ConfigDict, task, cell: Cell) -> dict[str, np.ndarray]:
+    """Population-stacked splits ``[S, n, ...]``: inputs, noisy train/val targets, the
+    corruption mask, and the clean test labels (label space, for the metrics)."""
+    out: dict[str, list] = {}
+    for seed in seeds(config):
+        splits = task.splits(config.dataset, seed, cell.fold)
+        label_range = task.label_range(config.dataset, splits)
+        # The noise key depends on the seed, model, level (and fold) only; the data do not
+        # change with the level, so a column of the summary is the same examples, noisier.
+        stream = f"{cell.kind}:{cell.level}"
+        stream += "" if cell.fold is None else f":fold{cell.fold}"
+        key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(stream.encode()))
+        noisy = {
+            name: noise.add_label_noise(
+                k, splits[name][1], kind=cell.kind, level=cell.level, label_range=label_range
+            )
+            for name, k in zip(("train", "validation"), jax.random.split(key), strict=True)
+        }
+        row = {
+            "x_train": splits["train"][0],
+            "y_train": task.to_target(np.asarray(noisy["train"].labels)),
+            "corrupted": np.asarray(noisy["train"].corrupted),
+            "x_val": splits["validation"][0],
+            "y_val": task.to_target(np.asarray(noisy["validation"].labels)),
+            "x_test": splits["test"][0],
+            "labels_test": splits["test"][1],
+        }
+        for k, v in row.items():
+            out.setdefault(k, []).append(v)
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def digest(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def teacher_spec(ctx: Context, cell: Cell) -> dict:
+    """Everything the cell's teacher depends on, and nothing else: its checkpoints and its
+    store are keyed by it, so a changed config never resumes or reuses them."""
+    config, task = ctx.config, ctx.task
+    ignored = (*DATA_PATHS, *task.not_in_fingerprint)
+    dataset = {k: v for k, v in config.dataset.to_dict().items() if k not in ignored}
+    dataset["version"] = task.version
+    content = task.content_digest(config.dataset)
+    if content is not None:
+        dataset["content_sha256"] = content
+    huber = config.teacher.method == "scratch_huber"
+    return {
+        "dataset": dataset,
+        "noise": {"kind": cell.kind, "level": cell.level}
+        | ({} if cell.fold is None else {"fold": cell.fold}),
+        "seeds": seeds(config),
+        "teacher": {k: v for k, v in config.teacher.to_dict().items() if k != "checkpoint_every"},
+        "teacher_loss": {"huber_delta": config.loss.huber_delta} if huber else {},
+    }
+
+
+def rows(ctx: Context, cell: Cell, method: str, head: str, pred, labels, extra=None) -> list:
+    """One row of results.jsonl per seed: the test metrics of ``pred`` ``[S, n, d]``."""
+    metrics = ctx.task.metrics(pred, labels)
+    out = []
+    for s, seed in enumerate(seeds(ctx.config)):
+        row = {
+            "method": method,
+            "head": head,
+            "noise": cell.kind,
+            "level": float(cell.level),
+            "seed": seed,
+            **({} if cell.fold is None else {"fold": cell.fold}),
+            "rmse": float(metrics["rmse"][s]),
+            "mae": float(metrics["mae"][s]),
+        }
+        # JSON has no NaN: an undefined score (e.g. precision with nothing rejected) is null.
+        row.update(
+            {k: None if math.isnan(v) else v for k, v in (extra[s] if extra else {}).items()}
+        )
+        out.append(row)
+    return out
+
+
+def run_cell(ctx: Context, cell: Cell) -> tuple[list[dict], dict | None]:
+    """Teacher, store and every student of one cell; returns its rows and fits (or None)."""
+    interrupts.check()  # a signal whose exception a library swallowed (TF's import does)
+    config, t0 = ctx.config, time.time()
+    data = cell_data(config, ctx.task, cell)
+    spec = teacher_spec(ctx, cell)
+    checkpoints = os.path.join(ctx.workdir, "checkpoints", cell.name)
+    teacher = distill.train_teacher(
+        data["x_train"],
+        data["y_train"],
+        validation=(data["x_val"], data["y_val"]),  # early stopping on noisy labels
+        seeds=seeds(config),
+        folds=config.teacher.folds,
+        trainer=ctx.trainers.get(TEACHER, config.teacher.method),
+        checkpoint_dir=os.path.join(checkpoints, f"teacher-{digest(spec)}"),
+        writer=ctx.writer,
+        name=f"{cell.name}/teacher",
+    )
+    store = distill.store_predictions(
+        teacher,
+        os.path.join(ctx.workdir, "teacher_store", cell.name),
+        y=data["y_train"],
+        loss_config=ctx.loss_cfg,
+        fingerprint=spec,
+        chunk_rows=config.store.chunk_rows,
+        parity_sample=config.store.parity_sample,
+        on_mismatch=config.store.on_mismatch,
+    )
+    constants = distill.store_constants(store, ctx.loss_cfg)
+    t_teacher = time.time() - t0
+    out = rows(
+        ctx, cell, TEACHER, models.MAIN_HEAD, teacher.predict(data["x_test"]), data["labels_test"]
+    )
+    detection = _detection(config, data, store.load(), constants)
+    fits, grid = _teacher_fits(ctx, cell, data, teacher)
+    student_spec = {
+        "teacher_store": distill.store_fingerprint(teacher, spec, ctx.loss_cfg),
+        # The δ and η a student trains with, as read from the store: a store whose
+        # statistics changed (even one edited and re-hashed) never resumes old students.
+        "loss_constants": {k: np.asarray(v).tolist() for k, v in constants.items()},
+        "student": config.student.to_dict(),
+        "loss": config.loss.to_dict(),
+    }
+    for name in config.methods:
+        t1 = time.time()
+        student = distill.train_student(
+            data["x_train"],
+            data["y_train"],
+            store,
+            None,
+            name,
+            seeds=seeds(config),
+            inference_head=config.inference_head,
+            trainer=ctx.trainers.get("student", name),
+            checkpoint_dir=os.path.join(
+                checkpoints, f"{name}-{digest({**student_spec, 'method': name})}"
+            ),
+            writer=ctx.writer,
+            name=f"{cell.name}/{name}",
+        )
+        extra = detection if get_method(name).rejects else None
+        for head, pred in student.heads(data["x_test"]).items():
+            out += rows(ctx, cell, name, head, pred, data["labels_test"], extra)
+        if fits is not None and name in report.FIT_METHODS:
+            fits[name] = student.predict(grid)[0, :, 0]
+        logging.info("%s/%s: %.1fs", cell.name, name, time.time() - t1)
+    logging.info("cell %s: teacher %.1fs, total %.1fs", cell.name, t_teacher, time.time() - t0)
+    return out, fits
+
+
+def _detection(config, data, predictions: np.ndarray, constants: dict) -> list[dict]:
+    """Per seed: how well TOR's δ finds the corrupted training labels."""
+    rejected = np.asarray(
+        jax.vmap(lambda y, t, d: losses.outlier_mask(y, t, threshold=d))(
+            data["y_train"], predictions, constants["threshold"]
+        )
+    )
+    return [
+        noise.detection_scores(rejected[s], data["corrupted"][s]) for s in range(config.num_seeds)
+    ]
+
+
+def _teacher_fits(ctx: Context, cell: Cell, data, teacher) -> tuple[dict | None, Any]:
+    """The start of fits.png's arrays, if the task draws this cell: (fits, population grid)."""
+    grid = ctx.task.fits_grid(ctx.config, cell.kind, cell.level)
+    if grid is None:
+        return None, None
+    grid_p = np.broadcast_to(grid, (ctx.config.num_seeds, *grid.shape))
+    fits = {
+        "noise": cell.kind,
+        "level": cell.level,
+        "grid": grid[:, 0],
+        **ctx.task.fits_data(ctx.config, data),
+        TEACHER: teacher.predict(grid_p)[0, :, 0],
+    }
+    return fits, grid_p

@@ -1,0 +1,123 @@
+"""What a rerun finds in its workdir: the finished cells, temporaries, fits, the config.
+
+results.jsonl is rewritten whole (atomically) after each cell, so a cell is either in it
+completely or not at all; a rerun with the same config skips the finished cells, and an
+unfinished teacher or student resumes from its checkpoint (:func:`kd_regression.loop.fit`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from experiments import report
+from experiments.validation import TEACHER, cell_name, flatten, seeds
+from kd_regression import models
+from kd_regression.fileio import atomic_write, atomic_write_text
+from kd_regression.methods import get_method
+
+RESULTS = "results.jsonl"
+CONFIG_FILE = "config.json"
+FITS_FILE = "fits.npz"  # the arrays of fits.png, so a resumed sweep can draw it again
+FAILURE_FILE = "failure.json"  # why the last run stopped (non-finite training), if it did
+# How a sweep runs, not what it computes: a resumed sweep may change these.
+RUN_KEYS = ("num_devices", "steps_per_call", "dataset.data_dir", "dataset.manual_dir")
+
+
+def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Results in ``workdir`` belong to one config: refuse to mix another's rows in."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = flatten(json.load(f))
+    except FileNotFoundError:
+        raise ValueError(
+            f"{workdir} holds {RESULTS} but no {CONFIG_FILE}, so which config made them is "
+            "unknown: use a new --workdir"
+        ) from None
+    except ValueError as e:
+        raise ValueError(f"{path} is damaged ({e}): use a new --workdir") from e
+    new = flatten(json.loads(config.to_json_best_effort()))
+    absent = "<absent>"
+    changed = [
+        f"{k}: {old.get(k, absent)!r} -> {new.get(k, absent)!r}"
+        for k in sorted(set(old) | set(new))
+        if k not in RUN_KEYS and old.get(k, absent) != new.get(k, absent)
+    ]
+    if changed:
+        raise ValueError(
+            f"{workdir} holds the results of another config ({'; '.join(changed)}): rerun "
+            "with the same config to resume it, or use a new --workdir, or move "
+            f"{RESULTS} away (checkpoints and stores the configs share are then reused)"
+        )
+
+
+def finished_cells(workdir: str, config: ml_collections.ConfigDict) -> dict[tuple, list[dict]]:
+    """The cells whose rows are all in ``workdir``'s results.jsonl, by (fold, noise, level).
+
+    A cell with missing or repeated rows (an edited file) is recomputed, never duplicated.
+    """
+    path = os.path.join(workdir, RESULTS)
+    rows = report.load_rows(path) if os.path.exists(path) else []
+    if not rows:
+        return {}
+    check_same_config(workdir, config)
+    heads = {TEACHER: [models.MAIN_HEAD]}
+    for name in config.methods:
+        two = get_method(name).two_heads
+        heads[name] = [models.LABEL_HEAD, models.TEACHER_HEAD] if two else [models.MAIN_HEAD]
+    expected = sorted((m, h, s) for m, hs in heads.items() for h in hs for s in seeds(config))
+    cells: dict[tuple, list[dict]] = {}
+    for i, r in enumerate(rows):
+        try:
+            cells.setdefault((r.get("fold"), r["noise"], float(r["level"])), []).append(r)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: row {i + 1} has no valid noise or level ({e!r})") from e
+    done = {}
+    for cell, cell_rows in cells.items():
+        if sorted((r.get("method"), r.get("head"), r.get("seed")) for r in cell_rows) == expected:
+            done[cell] = cell_rows
+        else:
+            logging.warning(
+                "%s: cell %s has %d of %d rows: recomputed",
+                path,
+                cell_name(cell[1], cell[2], cell[0]),
+                len(cell_rows),
+                len(expected),
+            )
+    return done
+
+
+def save_fits(path: str, fits: dict) -> None:
+    atomic_write(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in fits.items()}))
+
+
+def load_fits(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with np.load(path) as z:
+        return {k: z[k].item() if z[k].ndim == 0 else z[k] for k in z.files}
+
+
+def remove_temporaries(workdir: str) -> None:
+    """Temporary files of writes a killed run left unfinished (their targets are intact)."""
+    ours = (RESULTS, CONFIG_FILE, FITS_FILE, FAILURE_FILE, *report.OUTPUTS)
+    for name in os.listdir(workdir):
+        if any(name.startswith(f"{target}.tmp") for target in ours):
+            logging.info("removing %s, left by an interrupted write", name)
+            os.remove(os.path.join(workdir, name))
+
+
+def check_writable(workdir: str, process_index: int) -> None:
+    """Before any work: a workdir that cannot be written fails now, not after an hour."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write-test-{process_index}")
+        atomic_write_text(probe, "")
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(e.errno, f"workdir {workdir} is not writable: {e}") from e

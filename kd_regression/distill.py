@@ -1,0 +1,373 @@
+"""The method as four calls: train a teacher, store its predictions, train a student, predict.
+
+    teacher = train_teacher(x, y, model_fn, TrainConfig(...), validation=(x_val, y_val))
+    store = store_predictions(teacher, directory, y=y)   # δ and η computed once, on disk
+    student = train_student(x, y, store, model_fn, "tor_multitask", TrainConfig(...))
+    y_hat = student.predict(x_test)
+
+Every call takes one seed (arrays ``[n, ...]``) or a *population* of seeds (arrays with a
+leading seed axis ``[S, n, ...]``), trained together in one vmapped program (or one seed
+after another: ``population="loop"``). Member ``s`` is seed ``seeds[s]`` in every respect:
+its initialisation key is ``fold_in(key(seed), stream)`` and its shuffle seed ``seed``, so
+a member's numbers are those of a run with that seed alone, up to float rounding.
+
+The paper's sweep (``experiments/``) is these calls over noise models, levels and seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kd_regression import loop, sharding, teacher_store, train
+from kd_regression.losses import THRESHOLD_METHODS
+from kd_regression.methods import LossConfig, get_method, loss_constants
+from kd_regression.models import LABEL_HEAD, MAIN_HEAD
+from kd_regression.trainer import TrainConfig, Trainer
+
+__all__ = [
+    "Student",
+    "Teacher",
+    "loss_statistics",
+    "store_constants",
+    "store_fingerprint",
+    "store_predictions",
+    "train_student",
+    "train_teacher",
+]
+
+# Initialisation streams: fold_in(key(seed), stream) starts each model of a seed, so the
+# teacher, each fold teacher and the students never share an initialisation, and every
+# student method starts from the same one.
+TEACHER_STREAM = 1
+STUDENT_STREAM = 2
+FOLD_TEACHER_STREAM = 100  # + fold j
+FOLD_ASSIGNMENT_STREAM = 17  # the k-fold assignment: rng([seed, 17]).permutation(n) % k
+
+Seeds = int | Sequence[int]
+
+
+def _trainer(model_fn, method, config, loss_config) -> Trainer:
+    if model_fn is None or config is None:
+        raise ValueError("give model_fn and config (a TrainConfig), or a trainer")
+    return Trainer(model_fn, method, config, loss_config)
+
+
+def _population(seeds: Seeds) -> tuple[list[int], bool]:
+    """The seeds as a list, and whether the caller's arrays have no seed axis."""
+    if np.ndim(seeds) == 0:
+        return [int(seeds)], True
+    return [int(s) for s in seeds], False
+
+
+def _stacked(single: bool, *arrays):
+    return tuple(None if a is None else (np.asarray(a)[None] if single else a) for a in arrays)
+
+
+@dataclasses.dataclass
+class Teacher:
+    """A trained teacher population, or its ``k`` out-of-fold teachers.
+
+    ``folds``: ``[S, n]``, each training example's fold (None without folds); ``x_train``
+    the inputs it was trained on, ``[S, n, ...]``.
+    """
+
+    trainer: Trainer
+    states: list[train.TrainState]
+    results: list[loop.FitResult]
+    folds: np.ndarray | None
+    x_train: np.ndarray
+    seeds: list[int]
+    single: bool
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """The teacher's prediction on ``x`` (with fold teachers, their mean)."""
+        (x,) = _stacked(self.single, x)
+        outs = [self.trainer.predict(t, x)[MAIN_HEAD] for t in self.states]
+        mean = np.mean(outs, axis=0)
+        return mean[0] if self.single else mean
+
+    def training_predictions(self, index: np.ndarray | None = None) -> np.ndarray:
+        """Predictions on training rows ``index`` (default: all), ``[S, len, d]``: each from
+        the teacher that never saw the row when there are folds (out-of-fold)."""
+        index = np.arange(self.x_train.shape[1]) if index is None else index
+        x = self.x_train[:, index]
+        outs = [self.trainer.predict(t, x)[MAIN_HEAD] for t in self.states]
+        if self.folds is None:
+            return outs[0]
+        picked = np.take_along_axis(np.stack(outs, -1), self.folds[:, index, None, None], -1)
+        return picked[..., 0]
+
+    def params_digest(self) -> str:
+        h = hashlib.sha256()
+        for leaf in jax.tree.leaves(jax.device_get([t.params for t in self.states])):
+            h.update(np.ascontiguousarray(leaf).tobytes())
+        return h.hexdigest()[:16]
+
+
+def train_teacher(
+    x: np.ndarray,
+    y: np.ndarray,
+    model_fn: Callable[..., Any] | None = None,
+    config: TrainConfig | None = None,
+    *,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    method: str = "scratch_l2",
+    seeds: Seeds = 0,
+    folds: int = 0,
+    loss_config: LossConfig | None = None,
+    trainer: Trainer | None = None,
+    checkpoint_dir: str | None = None,
+    writer: Any = None,
+    name: str = "teacher",
+) -> Teacher:
+    """Trains the teacher on ``(x, y)`` with early stopping on ``validation``.
+
+    ``folds = k >= 2``: ``k`` teachers, each on the other ``k - 1`` folds of a per-seed
+    random balanced assignment, so every training example has a prediction from a teacher
+    that never saw it (out-of-fold; checkpoints in ``checkpoint_dir-fold{j}``). ``method``:
+    a one-head method without a teacher (``scratch_l2``, ``scratch_l1``, ``scratch_huber``).
+    ``trainer``: a :class:`Trainer` to reuse (its model, method and config) instead of
+    ``model_fn``, ``config``, ``method`` and ``loss_config``.
+    """
+    seed_list, single = _population(seeds)
+    x, y = _stacked(single, x, y)
+    trainer = trainer or _trainer(model_fn, method, config, loss_config)
+    if trainer.method.needs_teacher or trainer.method.two_heads:
+        raise ValueError(
+            f"teacher method={trainer.method.name!r} must be a no-teacher, one-head method "
+            "(scratch_l2, scratch_l1, scratch_huber)"
+        )
+    val = None
+    if validation is not None:
+        val = dict(zip(("x", "y"), _stacked(single, *validation), strict=True))
+    fit = functools.partial(
+        trainer.fit, seeds=seed_list, validation=val, writer=writer, constants=None
+    )
+    if folds == 0:
+        result = fit(
+            {"x": x, "y": y}, stream=TEACHER_STREAM, checkpoint_dir=checkpoint_dir, name=name
+        )
+        return Teacher(trainer, [result.state], [result], None, x, seed_list, single)
+    if folds == 1 or folds < 0:
+        raise ValueError(f"folds={folds}: 0 (off) or k >= 2")
+    n = x.shape[1]
+    assignment = np.stack(
+        [
+            np.random.default_rng([s, FOLD_ASSIGNMENT_STREAM]).permutation(n) % folds
+            for s in seed_list
+        ]
+    )
+    results = []
+    for j in range(folds):
+        # Every seed holds out the same number of rows, so the folds stack into one population.
+        keep = [np.flatnonzero(assignment[s] != j) for s in range(len(seed_list))]
+        arrays = {
+            "x": np.stack([x[s, i] for s, i in enumerate(keep)]),
+            "y": np.stack([y[s, i] for s, i in enumerate(keep)]),
+        }
+        ckpt = None if checkpoint_dir is None else f"{checkpoint_dir}-fold{j}"
+        results.append(
+            fit(arrays, stream=FOLD_TEACHER_STREAM + j, checkpoint_dir=ckpt, name=f"{name}_fold{j}")
+        )
+    return Teacher(trainer, [r.state for r in results], results, assignment, x, seed_list, single)
+
+
+def loss_statistics(y: np.ndarray, predictions: np.ndarray, loss_config: LossConfig) -> dict:
+    """TOR's δ under every threshold rule (``threshold_<rule>``) and AIL's η, per seed, from
+    the labels and teacher predictions ``[S, n, d]`` of a whole training split."""
+    y, t = jnp.asarray(y), jnp.asarray(predictions)
+    stats = {}
+    for rule in THRESHOLD_METHODS:
+        if rule == "fixed" and loss_config.threshold_value is None:
+            continue
+        rule_cfg = dataclasses.replace(loss_config, threshold_method=rule)
+        per_seed = jax.vmap(lambda y, t, c=rule_cfg: loss_constants(y, t, c))(y, t)
+        stats[f"threshold_{rule}"] = per_seed["threshold"]
+        stats["eta"] = per_seed["eta"]
+    return {k: np.asarray(v).tolist() for k, v in stats.items()}
+
+
+def store_fingerprint(
+    teacher: Teacher, fingerprint: Mapping[str, Any] | None, loss_config: LossConfig
+) -> dict[str, Any]:
+    """What :func:`store_predictions` fingerprints a store with: ``fingerprint`` (what the
+    teacher depends on), the teacher's parameters, folds and the threshold settings."""
+    return {
+        **(fingerprint or {}),
+        "split": "train",
+        "out_of_fold": teacher.folds is not None,
+        "teacher_params_sha256": teacher.params_digest(),
+        "statistics_config": {
+            "k": loss_config.threshold_k,
+            "q": loss_config.threshold_q,
+            "value": loss_config.threshold_value,
+        },
+    }
+
+
+def store_constants(store: teacher_store.TeacherStore, loss_config: LossConfig) -> dict:
+    """The loss constants a student trains with, per seed, as the store holds them: TOR's
+    δ under ``loss_config.threshold_method`` and AIL's η."""
+    stats = store.statistics
+    return {
+        "threshold": np.asarray(stats[f"threshold_{loss_config.threshold_method}"]),
+        "eta": np.asarray(stats["eta"]),
+    }
+
+
+def store_predictions(
+    teacher: Teacher,
+    directory: str,
+    *,
+    y: np.ndarray,
+    loss_config: LossConfig | None = None,
+    fingerprint: Mapping[str, Any] | None = None,
+    chunk_rows: int = teacher_store.DEFAULT_CHUNK_ROWS,
+    parity_sample: int = 64,
+    on_mismatch: str = "recompute",
+) -> teacher_store.TeacherStore:
+    """The teacher's predictions on its training rows, in a fingerprinted store with δ and η.
+
+    ``y``: the training labels the teacher was trained on (δ and η are statistics of its
+    residuals). The store's fingerprint is ``fingerprint`` (what the teacher depends on)
+    plus the teacher's parameter digest, whether it is out-of-fold and the threshold
+    settings: a complete store with the same fingerprint is reused, another recomputed
+    (``on_mismatch="fail"``: refused). ``parity_sample`` rows are recomputed and compared.
+    With several processes, each writes its share of the chunks and process 0 commits.
+    """
+    loss_config = loss_config or LossConfig()
+    (y,) = _stacked(teacher.single, y)
+    fingerprint = store_fingerprint(teacher, fingerprint, loss_config)
+    if on_mismatch == "fail":
+        try:
+            teacher_store.open_store(directory, fingerprint)
+        except teacher_store.StoreNotFoundError:
+            pass  # nothing there yet: compute it
+    elif on_mismatch != "recompute":
+        raise ValueError(f"on_mismatch={on_mismatch!r}: 'recompute' or 'fail'")
+    store = _compute_store(
+        directory,
+        teacher.training_predictions,
+        fingerprint=fingerprint,
+        out_shape=y.shape,  # the teacher predicts the targets
+        statistics=lambda predictions: loss_statistics(y, predictions, loss_config),
+        chunk_rows=chunk_rows,
+    )
+    if parity_sample:
+        teacher_store.parity_check(store, teacher.training_predictions, sample_size=parity_sample)
+    return store
+
+
+def _compute_store(directory, predict, **kwargs) -> teacher_store.TeacherStore:
+    """:func:`teacher_store.compute` by every process, each writing its own chunk ranges
+    (predictions on its local devices); process 0 commits, then all open the store."""
+    index, count = jax.process_index(), jax.process_count()
+    store = teacher_store.compute(
+        directory, predict, process_index=index, process_count=count, **kwargs
+    )
+    if count == 1:
+        return store
+    sharding.barrier(f"store-written:{directory}")
+    if index == 0 and store is None:  # the ranges of the others are done now: commit
+        teacher_store.compute(directory, predict, **kwargs)
+    sharding.barrier(f"store-committed:{directory}")
+    return teacher_store.open_store(directory, kwargs["fingerprint"], shape=kwargs["out_shape"])
+
+
+@dataclasses.dataclass
+class Student:
+    """A trained student population: ``predict`` gives the inference head's output."""
+
+    trainer: Trainer
+    state: train.TrainState
+    result: loop.FitResult
+    constants: dict[str, np.ndarray]  # the δ and η it trained with, per seed
+    seeds: list[int]
+    single: bool
+    inference_head: str = LABEL_HEAD
+
+    def heads(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every head's output on ``x``."""
+        (x,) = _stacked(self.single, x)
+        out = self.trainer.predict(self.state, x)
+        return {k: v[0] for k, v in out.items()} if self.single else out
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """The prediction: the inference head of a two-head student, else its only head."""
+        head = self.inference_head if self.trainer.method.two_heads else MAIN_HEAD
+        return self.heads(x)[head]
+
+
+def _teacher_inputs(teacher, y, loss_config: LossConfig, single: bool):
+    """(the batch's ``teacher`` array or store, the loss constants δ and η per seed)."""
+    if isinstance(teacher, teacher_store.TeacherStore):
+        constants = store_constants(teacher, loss_config)
+        # One process holds the whole store; with several, each reads its own batch rows.
+        return (teacher.load() if jax.process_count() == 1 else teacher), constants
+    if isinstance(teacher, Teacher):
+        predictions = teacher.training_predictions()
+    else:
+        (predictions,) = _stacked(single, teacher)
+    per_seed = jax.vmap(lambda y, t: loss_constants(y, t, loss_config))(
+        jnp.asarray(y), jnp.asarray(predictions)
+    )
+    return np.asarray(predictions), {k: np.asarray(v) for k, v in per_seed.items()}
+
+
+def train_student(
+    x: np.ndarray,
+    y: np.ndarray,
+    teacher: teacher_store.TeacherStore | Teacher | np.ndarray | None,
+    model_fn: Callable[..., Any] | None,
+    method: str,
+    config: TrainConfig | None = None,
+    *,
+    loss_config: LossConfig | None = None,
+    seeds: Seeds = 0,
+    inference_head: str = LABEL_HEAD,
+    trainer: Trainer | None = None,
+    checkpoint_dir: str | None = None,
+    writer: Any = None,
+    name: str | None = None,
+) -> Student:
+    """Trains a student with ``method`` on ``(x, y)`` and the teacher's predictions.
+
+    ``teacher``: a store from :func:`store_predictions` (δ and η read from it), a
+    :class:`Teacher`, or its predictions on ``x`` as an array (δ and η computed here);
+    None for the methods without a teacher. ``model_fn`` is called with
+    ``two_heads=True`` for a two-head method (``tor_multitask``). ``trainer``: a
+    :class:`Trainer` of this method to reuse instead of ``model_fn``, ``config`` and
+    ``loss_config``.
+    """
+    seed_list, single = _population(seeds)
+    x, y = _stacked(single, x, y)
+    method_ = get_method(method)
+    if trainer is None:
+        two = method_.two_heads and model_fn is not None
+        fn = functools.partial(model_fn, two_heads=True) if two else model_fn
+        trainer = _trainer(fn, method_, config, loss_config)
+    elif trainer.method.name != method_.name:
+        raise ValueError(f"method={method!r} but the trainer is {trainer.method.name!r}'s")
+    arrays, constants = {"x": x, "y": y}, {}
+    if teacher is not None:
+        arrays["teacher"], constants = _teacher_inputs(teacher, y, trainer.loss_config, single)
+    elif method_.needs_teacher:
+        raise ValueError(f"method={method!r} needs a teacher's predictions")
+    result = trainer.fit(
+        arrays,
+        seeds=seed_list,
+        stream=STUDENT_STREAM,  # the same initialisation for every method
+        constants=constants or None,
+        checkpoint_dir=checkpoint_dir,
+        writer=writer,
+        name=name or method,
+    )
+    return Student(trainer, result.state, result, constants, seed_list, single, inference_head)
