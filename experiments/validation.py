@@ -167,6 +167,8 @@ def _check_parts(config: ml_collections.ConfigDict, task) -> None:
         raise ValueError(
             f"num_devices={config.num_devices}: 0 (every device) or 1..{devices} (devices seen)"
         )
+    if config.steps_per_call < 1:  # a top-level key, though TrainConfig holds it
+        raise ValueError(f"steps_per_call={config.steps_per_call}: must be >= 1")
     mesh = sharding.make_mesh(config.num_devices or None)
     n_train = task.train_size(config.dataset)
     for part in (TEACHER, "student"):

@@ -260,6 +260,8 @@ _DELETE = object()
         ("student.patience", 0, r"student.patience=0: must be None \(off\) or >= 1"),
         ("teacher.folds", 1, r"teacher.folds=1: 0 \(off\) or k >= 2"),
         ("num_seeds", 0, "num_seeds must be >= 1"),
+        ("steps_per_call", 0, r"^steps_per_call=0: must be >= 1"),
+        ("student.checkpoint_every", 0, r"student.checkpoint_every=0: must be >= 1"),
         ("store.chunk_rows", 0, r"store.chunk_rows=0 \(must be >= 1\)"),
         ("inference_head", "main", r"inference_head='main': 'label' or 'teacher'"),
         ("methods", ("tor", "kd_l2", "tor"), r"methods=\['tor', 'kd_l2', 'tor'\]: a method is "),
