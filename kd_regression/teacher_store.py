@@ -23,7 +23,6 @@ AIL's η), so students never recompute them per batch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -36,72 +35,19 @@ import numpy as np
 import tensorstore as ts
 from absl import logging
 
-from kd_regression import __version__
+from kd_regression import __version__, store_format
 from kd_regression.fileio import atomic_write_text, error_code
-
-ARRAY = "predictions.zarr"
-PENDING = "pending.json"
-RANGES = "ranges"
-MANIFEST = "manifest.json"
-DEFAULT_CHUNK_ROWS = 8192
-
-
-class StoreError(Exception):
-    """Base class of the store's errors."""
-
-
-class StoreNotFoundError(StoreError, FileNotFoundError):
-    """No complete store: never written, or a write that has not been committed."""
-
-
-class StoreMismatchError(StoreError, ValueError):
-    """The store was produced by another teacher, dataset or configuration."""
-
-
-class StoreCorruptError(StoreError, OSError):
-    """A chunk is missing, truncated or fails its checksum."""
-
-
-def _jsonable(value: Any) -> Any:
-    # A JSON round trip makes tuples lists and NumPy scalars numbers, so comparisons are
-    # like for like whatever types the caller used.
-    def default(obj):
-        return obj.tolist() if hasattr(obj, "tolist") else str(obj)
-
-    return json.loads(json.dumps(value, sort_keys=True, default=default))
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (OSError, ValueError) as e:  # ValueError covers JSON and UTF-8 decoding errors
-        raise StoreCorruptError(f"{path} is unreadable: {e}") from e
-    if not isinstance(value, dict):
-        raise StoreCorruptError(f"{path} is not a JSON object")
-    return value
-
-
-def _differences(expected: Mapping, stored: Mapping) -> list[str]:
-    return sorted(k for k in set(expected) | set(stored) if expected.get(k) != stored.get(k))
-
-
-def _spec(directory: str) -> dict:
-    return {
-        "driver": "zarr3",
-        "kvstore": {"driver": "file", "path": os.path.join(directory, ARRAY)},
-    }
-
-
-def _open_array(directory: str, **kwargs) -> ts.TensorStore:
-    try:
-        return ts.open(_spec(directory), **kwargs).result()
-    except ValueError as e:  # tensorstore's errors for unreadable metadata or files
-        raise StoreCorruptError(f"{directory}: cannot open {ARRAY}: {e}") from e
-
-
-def _chunk_ranges(n: int, chunk_rows: int) -> list[tuple[int, int]]:
-    return [(s, min(s + chunk_rows, n)) for s in range(0, n, chunk_rows)]
+from kd_regression.store_format import (  # the store's files and errors, part of its API
+    ARRAY,
+    DEFAULT_CHUNK_ROWS,
+    MANIFEST,
+    PENDING,
+    RANGES,
+    StoreCorruptError,
+    StoreError,
+    StoreMismatchError,
+    StoreNotFoundError,
+)
 
 
 def prepare(
@@ -123,13 +69,13 @@ def prepare(
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     pending = {
-        "fingerprint": _jsonable(dict(fingerprint)),
+        "fingerprint": store_format.jsonable(dict(fingerprint)),
         "shape": list(map(int, shape)),
         "dtype": np.dtype(dtype).name,
         "chunk_rows": int(chunk_rows),
         "library_version": __version__,
     }
-    if _pending_or_none(directory) == pending:
+    if store_format.pending_or_none(directory) == pending:
         return
     # Built under a temporary name and renamed into place, so concurrent first calls from
     # several processes end with one store, never a mix of two.
@@ -141,7 +87,7 @@ def prepare(
         chunk = [*shape[:-2], min(chunk_rows, shape[-2]), shape[-1]]
         ts.open(
             {
-                **_spec(tmp),
+                **store_format.array_spec(tmp),
                 "metadata": {
                     "shape": list(shape),
                     "data_type": pending["dtype"],
@@ -162,7 +108,7 @@ def prepare(
                 os.rename(tmp, directory)  # atomic; fails if a non-empty directory is there
                 return
             except OSError:
-                if _pending_or_none(directory) == pending:
+                if store_format.pending_or_none(directory) == pending:
                     return  # another process created the same store first
                 _discard(directory)  # an older store or another layout
     finally:
@@ -188,44 +134,24 @@ def _discard(directory: str) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _pending_or_none(directory: str) -> dict | None:
-    try:
-        return _pending(directory)
-    except (StoreNotFoundError, StoreCorruptError):
-        return None
-
-
-def _pending(directory: str) -> dict:
-    path = os.path.join(directory, PENDING)
-    if not os.path.exists(path):
-        raise StoreNotFoundError(
-            f"{directory}: no store being written (no {PENDING}); call prepare"
-        )
-    return _read_json(path)
-
-
-def _marker(directory: str, start: int, stop: int) -> str:
-    return os.path.join(directory, RANGES, f"{start}-{stop}.done")
-
-
 def missing_ranges(
     directory: str, *, process_index: int = 0, process_count: int = 1
 ) -> list[tuple[int, int]]:
     """Chunk-sized row ranges of a pending store not written yet; with ``process_count``,
     only those of writer ``process_index`` (every ``process_count``-th chunk of the store,
     a fixed assignment, so writers never share a range whenever they start)."""
-    pending = _pending(directory)
-    ranges = _chunk_ranges(pending["shape"][-2], pending["chunk_rows"])
+    pending = store_format.read_pending(directory)
+    ranges = store_format.chunk_ranges(pending["shape"][-2], pending["chunk_rows"])
     return [
         r
         for r in ranges[process_index::process_count]
-        if not os.path.exists(_marker(directory, *r))
+        if not os.path.exists(store_format.marker(directory, *r))
     ]
 
 
 def write_range(directory: str, start: int, predictions: np.ndarray) -> None:
     """Writes rows ``[start, start + len)`` (chunk-aligned), then marks the range done."""
-    pending = _pending(directory)
+    pending = store_format.read_pending(directory)
     shape, chunk_rows = pending["shape"], pending["chunk_rows"]
     stop = start + predictions.shape[-2]
     expected = [*shape[:-2], predictions.shape[-2], shape[-1]]
@@ -238,61 +164,32 @@ def write_range(directory: str, start: int, predictions: np.ndarray) -> None:
         raise ValueError(f"rows [{start}, {stop}) are not aligned to chunks of {chunk_rows} rows")
     if not np.isfinite(predictions).all():
         raise ValueError(f"teacher predictions for rows [{start}, {stop}) are not all finite")
-    array = _open_array(directory)
+    array = store_format.open_array(directory)
     try:
         array[..., start:stop, :].write(np.asarray(predictions, pending["dtype"])).result()
     except ValueError as e:  # tensorstore's write errors carry the OS error code
         message = f"could not write rows [{start}, {stop}) of the teacher store {directory}: {e}"
         code = error_code(e)
         raise (OSError(code, message) if code is not None else OSError(message)) from e
-    for s, e in _chunk_ranges(stop - start, chunk_rows):
-        atomic_write_text(_marker(directory, start + s, start + e), "")
-
-
-def _chunk_path(directory: str, ndim: int, chunk: int) -> str:
-    # zarr v3 default chunk keys: c/<i>/<j>/...; only the row axis has more than one chunk.
-    parts = ["0"] * (ndim - 2) + [str(chunk), "0"]
-    return os.path.join(directory, ARRAY, "c", *parts)
-
-
-def _chunk_checksums(directory: str, manifest: Mapping[str, Any]) -> list[str]:
-    """Each chunk file's trailing crc32c (zarr's codec appends it): 4 bytes read per chunk.
-
-    Recorded at commit and compared at open, so a chunk file that went missing, or one
-    that was swapped with another chunk or store, is caught; tensorstore verifies each
-    chunk's bytes against that same checksum as it reads them.
-    """
-    ndim, n = len(manifest["shape"]), manifest["shape"][-2]
-    sums = []
-    for i in range(len(_chunk_ranges(n, manifest["chunk_rows"]))):
-        path = _chunk_path(directory, ndim, i)
-        try:
-            with open(path, "rb") as f:
-                f.seek(-4, os.SEEK_END)
-                sums.append(f.read(4).hex())
-        except OSError as e:
-            raise StoreCorruptError(f"{directory}: chunk {i} ({path}) is unreadable: {e}") from e
-    return sums
-
-
-def _manifest_digest(manifest: Mapping[str, Any]) -> str:
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    for s, e in store_format.chunk_ranges(stop - start, chunk_rows):
+        atomic_write_text(store_format.marker(directory, start + s, start + e), "")
 
 
 def commit(directory: str, statistics: Mapping[str, Any] | None = None) -> dict:
     """Writes the manifest (atomically) once every range is written; returns it."""
-    pending = _pending(directory)
+    pending = store_format.read_pending(directory)
     missing = missing_ranges(directory)
     if missing:
         raise StoreNotFoundError(f"{directory}: cannot commit, rows {missing[:5]}... not written")
     manifest = {
         **pending,
-        "statistics": _jsonable(dict(statistics or {})),
-        "chunk_crc32c": _chunk_checksums(directory, pending),
+        "statistics": store_format.jsonable(dict(statistics or {})),
+        "chunk_crc32c": store_format.chunk_checksums(directory, pending),
         "committed": time.time(),
     }
-    manifest["manifest_sha256"] = _manifest_digest(manifest)  # catches edits and bit rot
+    manifest["manifest_sha256"] = store_format.manifest_digest(
+        manifest
+    )  # catches edits and bit rot
     atomic_write_text(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=2))
     return manifest
 
@@ -347,11 +244,11 @@ def open_store(
     path = os.path.join(directory, MANIFEST)
     if not os.path.exists(path):
         raise StoreNotFoundError(f"no complete teacher store in {directory} (no {MANIFEST})")
-    manifest = _read_json(path)
-    if manifest.get("manifest_sha256") != _manifest_digest(manifest):
+    manifest = store_format.read_json(path)
+    if manifest.get("manifest_sha256") != store_format.manifest_digest(manifest):
         raise StoreCorruptError(f"{path} does not match its own checksum (edited or damaged)")
     expected = {
-        **_jsonable(dict(fingerprint)),
+        **store_format.jsonable(dict(fingerprint)),
         "library_version": __version__,
         **({"shape": list(map(int, shape))} if shape is not None else {}),
         **({"dtype": np.dtype(dtype).name} if dtype is not None else {}),
@@ -360,13 +257,13 @@ def open_store(
         **manifest["fingerprint"],
         **{k: manifest[k] for k in ("library_version", "shape", "dtype") if k in expected},
     }
-    differing = _differences(expected, stored)
+    differing = store_format.differences(expected, stored)
     if differing:
         details = "; ".join(
             f"{k}: stored {stored.get(k)!r}, expected {expected.get(k)!r}" for k in differing
         )
         raise StoreMismatchError(f"teacher store {directory} does not match: {details}")
-    array = _open_array(
+    array = store_format.open_array(
         directory, open=True, context=ts.Context({"cache_pool": {"total_bytes_limit": cache_bytes}})
     )
     if list(array.shape) != manifest["shape"] or array.dtype.numpy_dtype != np.dtype(
@@ -376,7 +273,7 @@ def open_store(
             f"{directory}: {ARRAY} is {list(array.shape)} {array.dtype}, "
             f"its manifest says {manifest['shape']} {manifest['dtype']}"
         )
-    sums = _chunk_checksums(directory, manifest)
+    sums = store_format.chunk_checksums(directory, manifest)
     bad = [i for i, (a, b) in enumerate(zip(sums, manifest["chunk_crc32c"], strict=True)) if a != b]
     if bad:
         raise StoreCorruptError(
@@ -429,8 +326,10 @@ def compute(
             if not _fill(directory, predict, batch_size, process_index, process_count):
                 return None  # other writers' ranges are still missing, or not process 0
             # The statistics need every prediction; this read also verifies every chunk.
-            pending = _pending(directory)
-            full = TeacherStore(directory, {**pending, "statistics": {}}, _open_array(directory))
+            pending = store_format.read_pending(directory)
+            full = TeacherStore(
+                directory, {**pending, "statistics": {}}, store_format.open_array(directory)
+            )
             predictions = full.load()
         except StoreCorruptError as e:  # a damaged pending store: start it over, once
             if attempt:

@@ -21,7 +21,7 @@ import pytest
 from experiments import report, sweep
 from experiments.configs import faces as faces_config
 from experiments.configs import sinusoid as sinusoid_config
-from kd_regression import fileio, teacher_store
+from kd_regression import fileio, store_format
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "tests", "tiny_config.py")
@@ -195,7 +195,7 @@ def test_a_store_edited_and_rehashed_never_meets_old_students(reference, tmp_pat
     path = workdir / "teacher_store" / "outliers_0.3" / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest["statistics"]["threshold_mad"] = [0.01, 0.01]
-    manifest["manifest_sha256"] = teacher_store._manifest_digest(manifest)
+    manifest["manifest_sha256"] = store_format.manifest_digest(manifest)
     path.write_text(json.dumps(manifest))
     old = sorted(os.listdir(workdir / "checkpoints" / "outliers_0.3"))
     done = _run(workdir)
