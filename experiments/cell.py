@@ -126,13 +126,19 @@ def teacher_spec(ctx: Context, cell: Cell) -> dict:
     if content is not None:
         dataset["content_sha256"] = content
     huber = config.teacher.method == "scratch_huber"
+    given = task.teacher_predictions(config.teacher)
+    if given is not None:  # the file is the teacher: nothing of teacher.* is used
+        teacher, teacher_loss = {"predictions": given.fingerprint}, {}
+    else:
+        teacher = {k: v for k, v in config.teacher.to_dict().items() if k != "checkpoint_every"}
+        teacher_loss = {"huber_delta": config.loss.huber_delta} if huber else {}
     return {
         "dataset": dataset,
         "noise": {"kind": cell.kind, "level": cell.level}
         | ({} if cell.fold is None else {"fold": cell.fold}),
         "seeds": seeds(config),
-        "teacher": {k: v for k, v in config.teacher.to_dict().items() if k != "checkpoint_every"},
-        "teacher_loss": {"huber_delta": config.loss.huber_delta} if huber else {},
+        "teacher": teacher,
+        "teacher_loss": teacher_loss,
     }
 
 
@@ -150,6 +156,8 @@ def rows(ctx: Context, cell: Cell, method: str, head: str, pred, labels, extra=N
             **({} if cell.fold is None else {"fold": cell.fold}),
             "rmse": float(metrics["rmse"][s]),
             "mae": float(metrics["mae"][s]),
+            # A task's further metrics (per output, for a user's data with several).
+            **{k: float(v[s]) for k, v in metrics.items() if k not in ("rmse", "mae")},
         }
         # JSON has no NaN: an undefined score (e.g. precision with nothing rejected) is null.
         row.update(
@@ -166,17 +174,7 @@ def run_cell(ctx: Context, cell: Cell) -> tuple[list[dict], dict | None]:
     data = cell_data(config, ctx.task, cell)
     spec = teacher_spec(ctx, cell)
     checkpoints = os.path.join(ctx.workdir, "checkpoints", cell.name)
-    teacher = distill.train_teacher(
-        data["x_train"],
-        data["y_train"],
-        validation=(data["x_val"], data["y_val"]),  # early stopping on noisy labels
-        seeds=seeds(config),
-        folds=config.teacher.folds,
-        trainer=ctx.trainers.get(TEACHER, config.teacher.method),
-        checkpoint_dir=os.path.join(checkpoints, f"teacher-{digest(spec)}"),
-        writer=ctx.writer,
-        name=f"{cell.name}/teacher",
-    )
+    teacher, teacher_test = _teacher(ctx, cell, data, spec, checkpoints)
     store = distill.store_predictions(
         teacher,
         os.path.join(ctx.workdir, "teacher_store", cell.name),
@@ -189,10 +187,10 @@ def run_cell(ctx: Context, cell: Cell) -> tuple[list[dict], dict | None]:
     )
     constants = distill.store_constants(store, ctx.loss_cfg)
     t_teacher = time.time() - t0
-    out = rows(
-        ctx, cell, TEACHER, models.MAIN_HEAD, teacher.predict(data["x_test"]), data["labels_test"]
-    )
-    detection = _detection(config, data, store.load(), constants)
+    out = []
+    if teacher_test is not None:  # a teacher given as a file may have no test predictions
+        out = rows(ctx, cell, TEACHER, models.MAIN_HEAD, teacher_test, data["labels_test"])
+    detection = _detection(ctx, cell, data, store.load(), constants)
     fits, grid = _teacher_fits(ctx, cell, data, teacher)
     student_spec = {
         "teacher_store": distill.store_fingerprint(teacher, spec, ctx.loss_cfg),
@@ -224,21 +222,57 @@ def run_cell(ctx: Context, cell: Cell) -> tuple[list[dict], dict | None]:
             out += rows(ctx, cell, name, head, pred, data["labels_test"], extra)
         if fits is not None and name in report.FIT_METHODS:
             fits[name] = student.predict(grid)[0, :, 0]
-        logging.info("%s/%s: %.1fs", cell.name, name, time.time() - t1)
-    logging.info("cell %s: teacher %.1fs, total %.1fs", cell.name, t_teacher, time.time() - t0)
+        logging.vlog(1, "%s/%s: %.1fs", cell.name, name, time.time() - t1)
+    logging.vlog(1, "cell %s: teacher %.1fs, total %.1fs", cell.name, t_teacher, time.time() - t0)
     return out, fits
 
 
-def _detection(config, data, predictions: np.ndarray, constants: dict) -> list[dict]:
-    """Per seed: how well TOR's δ finds the corrupted training labels."""
+def _teacher(ctx: Context, cell: Cell, data, spec: dict, checkpoints: str):
+    """The cell's teacher (trained, or given as a file), and its test predictions (or None)."""
+    config = ctx.config
+    given = ctx.task.teacher_predictions(config.teacher)
+    if given is not None:
+        n = config.num_seeds
+        teacher = distill.given_teacher(
+            np.broadcast_to(given.train, (n, *given.train.shape)),
+            folds=None
+            if given.folds is None
+            else np.broadcast_to(given.folds, (n, *given.folds.shape)),
+            seeds=seeds(config),
+        )
+        test = None if given.test is None else np.broadcast_to(given.test, (n, *given.test.shape))
+        return teacher, test
+    teacher = distill.train_teacher(
+        data["x_train"],
+        data["y_train"],
+        validation=(data["x_val"], data["y_val"]),  # early stopping on noisy labels
+        seeds=seeds(config),
+        folds=config.teacher.folds,
+        trainer=ctx.trainers.get(TEACHER, config.teacher.method),
+        checkpoint_dir=os.path.join(checkpoints, f"teacher-{digest(spec)}"),
+        writer=ctx.writer,
+        name=f"{cell.name}/teacher",
+    )
+    return teacher, teacher.predict(data["x_test"])
+
+
+def _detection(ctx: Context, cell: Cell, data, predictions: np.ndarray, constants: dict):
+    """Per seed: how well TOR's δ finds the corrupted training labels. Where nothing was
+    injected and the task's labels are not known to be clean, there is no mask to score
+    against: precision and recall are NaN (null), the rejection rate stays."""
     rejected = np.asarray(
         jax.vmap(lambda y, t, d: losses.outlier_mask(y, t, threshold=d))(
             data["y_train"], predictions, constants["threshold"]
         )
     )
-    return [
-        noise.detection_scores(rejected[s], data["corrupted"][s]) for s in range(config.num_seeds)
-    ]
+    unknown = not ctx.task.labels_known_clean and (cell.kind == "none" or cell.level == 0)
+    out = []
+    for s in range(ctx.config.num_seeds):
+        scores = noise.detection_scores(rejected[s], data["corrupted"][s])
+        if unknown:
+            scores.update(precision=math.nan, recall=math.nan)
+        out.append(scores)
+    return out
 
 
 def _teacher_fits(ctx: Context, cell: Cell, data, teacher) -> tuple[dict | None, Any]:

@@ -11,12 +11,18 @@ import numpy as np
 from absl import logging
 
 from kd_regression.fileio import atomic_write, atomic_write_text
+from kd_regression.methods import METHODS
 
 TEACHER = "teacher"
 DETECTION = ("rejection_rate", "precision", "recall")
 OUTPUTS = ("summary.md", "noise_sweep.png", "fits.png")  # what write_all writes
 _FIT_STYLES = {TEACHER: "C0--", "scratch_l2": "C1-", "tor_multitask": "C2-"}
 FIT_METHODS = tuple(k for k in _FIT_STYLES if k != TEACHER)  # the students fits.png draws
+CLEAN_TEST = "on the clean test split"  # what the test labels are, in the summary's words
+QUICK_BANNER = (
+    "> **A `:quick` run: its numbers check the plumbing only and mean nothing** (a few "
+    "steps of tiny models, two seeds). Run the config without `:quick` for results."
+)
 
 
 def load_rows(path: str) -> list[dict]:
@@ -114,10 +120,16 @@ def summary_markdown(
     setup: str | None = None,
     metric: tuple[str, str] = ("rmse", "test RMSE"),
     failure: str | None = None,
+    quick: bool = False,
+    test_labels: str = CLEAN_TEST,
 ) -> str:
-    """The summary; ``failure``: why the sweep stopped early (the tables hold what finished)."""
+    """The summary; ``failure``: why the sweep stopped early (the tables hold what finished);
+    ``quick``: a banner that the numbers mean nothing; ``test_labels``: what the metric is
+    measured against, in words ("on the clean test split")."""
     rmse = aggregate(rows, metric[0])
     lines = ["# Noise sweep summary", ""]
+    if quick:
+        lines += [QUICK_BANNER, ""]
     if failure:
         lines += [f"**The sweep stopped early:** {failure}", ""]
     if setup:
@@ -126,7 +138,7 @@ def summary_markdown(
         lines += [f"Sweep time: {elapsed_s:.0f} s.", ""]
     seeds = sorted({r["seed"] for r in rows})
     lines += [
-        f"{metric[1][0].upper() + metric[1][1:]} on the clean test split, mean ± standard "
+        f"{metric[1][0].upper() + metric[1][1:]} {test_labels}, mean ± standard "
         f"error over {len(seeds)} seeds; "
         "**bold** is the best student per column (the teacher row is the large model, "
         "not a student).",
@@ -138,6 +150,7 @@ def summary_markdown(
         lines += [f"## Noise model: {kind} (columns: level)", ""]
         lines += _table(cells, labels, levels, mark_best=True)
         lines.append("")
+        lines += _per_output(rows, kind, metric)
     detection = {m: aggregate([r for r in rows if r["method"] == "tor"], m) for m in DETECTION}
     for kind in rmse:
         if kind not in detection["rejection_rate"]:
@@ -146,7 +159,8 @@ def summary_markdown(
         levels = sorted({lv for _, lv in cells})
         lines += [
             f"### TOR's rejection of training labels, {kind}: rate, and precision / recall "
-            "against the true corruption mask (n/a: nothing rejected or nothing corrupted)",
+            "against the true corruption mask (n/a: nothing rejected, nothing corrupted, or "
+            "no mask: labels used as they are)",
             "",
         ]
         lines += _table(cells, list(DETECTION), levels, mark_best=False)
@@ -154,12 +168,46 @@ def summary_markdown(
     return "\n".join(lines)
 
 
+def _per_output(rows: list[dict], kind: str, metric: tuple[str, str]) -> list[str]:
+    """Tables of the per-output metrics (``rmse_<name>``: data with several targets)."""
+    prefix = f"{metric[0]}_"
+    keys = sorted({k for r in rows if r["noise"] == kind for k in r if k.startswith(prefix)})
+    lines = []
+    for key in keys:
+        cells = aggregate([r for r in rows if r["noise"] == kind], key)[kind]
+        labels = list(dict.fromkeys(lb for lb, _ in cells))
+        levels = sorted({lv for _, lv in cells})
+        lines += [f"### {metric[0]} of output {key[len(prefix) :]!r}, {kind}", ""]
+        lines += _table(cells, labels, levels, mark_best=True)
+        lines.append("")
+    return lines
+
+
 def _savefig(fig, path: str) -> None:
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
 
 
+def _group(label: str) -> int:
+    """0 the teacher, 1 a baseline without a teacher, 2 a method that learns from one."""
+    method = METHODS.get(label.split(" (")[0])  # "tor_multitask (label head)" -> its method
+    return 0 if label == TEACHER else 1 if method and not method.needs_teacher else 2
+
+
+# noise_sweep.png's lines by group, so 11+ of them stay apart: the teacher black dashed,
+# baselines dotted with squares, methods with a teacher solid with circles; each group
+# cycles its own colours (baselines from the far end of the cycle).
+_GROUP_STYLES = (
+    lambda i: {"ls": "--", "color": "k", "marker": "o"},
+    lambda i: {"ls": ":", "marker": "s", "color": f"C{(9 - i) % 10}"},
+    lambda i: {"ls": "-", "marker": "o", "color": f"C{i % 10}"},
+)
+
+
 def plot_noise_sweep(
-    rows: list[dict], path: str, metric: tuple[str, str] = ("rmse", "test RMSE")
+    rows: list[dict],
+    path: str,
+    metric: tuple[str, str] = ("rmse", "test RMSE"),
+    test_labels: str = CLEAN_TEST,
 ) -> None:
     import matplotlib
 
@@ -169,17 +217,27 @@ def plot_noise_sweep(
     rmse = aggregate(rows, metric[0])
     fig, axes = plt.subplots(1, len(rmse), figsize=(6.5 * len(rmse), 4.5), squeeze=False)
     for ax, (kind, cells) in zip(axes[0], rmse.items(), strict=True):
-        for label in dict.fromkeys(lb for lb, _ in cells):
+        counts = collections.Counter()
+        # Teacher, baselines, then methods with a teacher; each group in the config's order.
+        for label in sorted(dict.fromkeys(lb for lb, _ in cells), key=_group):
             levels = sorted(lv for lb, lv in cells if lb == label)
             mean = [cells[(label, lv)][0] for lv in levels]
             se = [np.nan_to_num(cells[(label, lv)][1]) for lv in levels]
-            style = {"ls": "--", "color": "k"} if label == TEACHER else {}
-            ax.errorbar(levels, mean, yerr=se, marker="o", ms=3, capsize=2, label=label, **style)
-        ax.set_xlabel(f"{kind} level")
-        ax.set_ylabel(f"{metric[1]} (clean labels)")
+            style = _GROUP_STYLES[_group(label)](counts[_group(label)])
+            counts[_group(label)] += 1
+            ax.errorbar(levels, mean, yerr=se, ms=3, capsize=2, lw=1.2, label=label, **style)
+        ax.set_xlabel(f"{kind} level" if kind != "none" else "labels as they are")
+        against = "clean test labels" if test_labels == CLEAN_TEST else "test labels as given"
+        ax.set_ylabel(f"{metric[1]} ({against})")
         ax.set_title(f"noise model: {kind}")
         ax.grid(alpha=0.3)
-    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    axes[0, -1].legend(
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1),
+        title="dotted: no teacher; solid: with teacher",
+        title_fontsize=7,
+    )
     _savefig(fig, path)
     plt.close(fig)
 
@@ -206,6 +264,8 @@ def plot_fits(fits: dict, path: str) -> None:
     for key, style in _FIT_STYLES.items():
         if key in fits:
             ax.plot(fits["grid"], fits[key], style, lw=1.5, label=f"{key}")
+    ax.set_xlabel("x (input)")
+    ax.set_ylabel("y (label)")
     ax.set_title(f"fits at {fits['noise']} level {fits['level']:g} (seed 0)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     _savefig(fig, path)
@@ -221,9 +281,23 @@ def write_all(
     setup: str | None = None,
     metric: tuple[str, str] = ("rmse", "test RMSE"),
     failure: str | None = None,
-) -> None:
-    text = summary_markdown(rows, elapsed_s=elapsed_s, setup=setup, metric=metric, failure=failure)
-    atomic_write_text(os.path.join(workdir, "summary.md"), text)
-    plot_noise_sweep(rows, os.path.join(workdir, "noise_sweep.png"), metric)
-    if fits is not None:
-        plot_fits(fits, os.path.join(workdir, "fits.png"))
+    quick: bool = False,
+    test_labels: str = CLEAN_TEST,
+) -> list[str]:
+    """summary.md, noise_sweep.png and (with ``fits``) fits.png in ``workdir``; their paths."""
+    text = summary_markdown(
+        rows,
+        elapsed_s=elapsed_s,
+        setup=setup,
+        metric=metric,
+        failure=failure,
+        quick=quick,
+        test_labels=test_labels,
+    )
+    paths = [os.path.join(workdir, name) for name in OUTPUTS]
+    atomic_write_text(paths[0], text)
+    plot_noise_sweep(rows, paths[1], metric, test_labels)
+    if fits is None:
+        return paths[:2]
+    plot_fits(fits, paths[2])
+    return paths

@@ -24,6 +24,8 @@ RESULTS = "results.jsonl"
 CONFIG_FILE = "config.json"
 FITS_FILE = "fits.npz"  # the arrays of fits.png, so a resumed sweep can draw it again
 FAILURE_FILE = "failure.json"  # why the last run stopped (non-finite training), if it did
+# Digests of what the config names but does not hold: a data file, a teacher's predictions.
+INPUTS_FILE = "inputs.json"
 # How a sweep runs, not what it computes: a resumed sweep may change these.
 RUN_KEYS = ("num_devices", "steps_per_call", "dataset.data_dir", "dataset.manual_dir")
 
@@ -56,7 +58,37 @@ def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
         )
 
 
-def finished_cells(workdir: str, config: ml_collections.ConfigDict) -> dict[tuple, list[dict]]:
+def inputs_of(task, config: ml_collections.ConfigDict) -> dict:
+    """What the results depend on besides the config: the content of the files it names."""
+    given = task.teacher_predictions(config.teacher)
+    return {
+        "dataset_sha256": task.content_digest(config.dataset),
+        "teacher_predictions": None if given is None else given.fingerprint,
+    }
+
+
+def check_same_inputs(workdir: str, inputs: dict) -> None:
+    """Results made from other files' content (the same paths, changed) are refused."""
+    path = os.path.join(workdir, INPUTS_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+    except FileNotFoundError:
+        return  # a workdir of a version that did not record them
+    except ValueError as e:
+        raise ValueError(f"{path} is damaged ({e}): use a new --workdir") from e
+    changed = [k for k in sorted(set(old) | set(inputs)) if old.get(k) != inputs.get(k)]
+    if changed:
+        raise ValueError(
+            f"{workdir} holds results made from other data: {', '.join(changed)} changed "
+            f"since (the file at the same path has other content; see {INPUTS_FILE}): use a "
+            f"new --workdir, or move {RESULTS} away to recompute them"
+        )
+
+
+def finished_cells(
+    workdir: str, config: ml_collections.ConfigDict, inputs: dict | None = None
+) -> dict[tuple, list[dict]]:
     """The cells whose rows are all in ``workdir``'s results.jsonl, by (fold, noise, level).
 
     A cell with missing or repeated rows (an edited file) is recomputed, never duplicated.
@@ -66,6 +98,8 @@ def finished_cells(workdir: str, config: ml_collections.ConfigDict) -> dict[tupl
     if not rows:
         return {}
     check_same_config(workdir, config)
+    if inputs is not None:
+        check_same_inputs(workdir, inputs)
     heads = {TEACHER: [models.MAIN_HEAD]}
     for name in config.methods:
         two = get_method(name).two_heads
@@ -105,7 +139,7 @@ def load_fits(path: str) -> dict | None:
 
 def remove_temporaries(workdir: str) -> None:
     """Temporary files of writes a killed run left unfinished (their targets are intact)."""
-    ours = (RESULTS, CONFIG_FILE, FITS_FILE, FAILURE_FILE, *report.OUTPUTS)
+    ours = (RESULTS, CONFIG_FILE, INPUTS_FILE, FITS_FILE, FAILURE_FILE, *report.OUTPUTS)
     for name in os.listdir(workdir):
         if any(name.startswith(f"{target}.tmp") for target in ours):
             logging.info("removing %s, left by an interrupted write", name)

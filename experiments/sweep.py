@@ -76,15 +76,17 @@ def _lock(workdir: str) -> DirectoryLock | None:
 
 def _setup_line(config: ml_collections.ConfigDict, loss_cfg: LossConfig, folds: list) -> str:
     """summary.md's sentence on how the teacher and δ were made."""
-    setup = (
-        f"Teacher: {config.teacher.method}, "
-        + (
+    given = config.teacher.get("predictions")  # only configs of users' data have the key
+    if given:
+        how = "out-of-fold" if config.teacher.get("fold_key") else "its"
+        teacher = f"Teacher: predictions given in {given} ({how} predictions on the training split)"
+    else:
+        teacher = f"Teacher: {config.teacher.method}, " + (
             f"out-of-fold predictions from {config.teacher.folds} fold teachers"
             if config.teacher.folds
             else "predictions on its own training split"
         )
-        + f"; TOR threshold: {loss_cfg.threshold_method}."
-    )
+    setup = f"{teacher}; TOR threshold: {loss_cfg.threshold_method}."
     if folds != [None]:
         setup += (
             f" {len(folds)} folds (test people {folds}): each seed's number is its mean over "
@@ -93,10 +95,11 @@ def _setup_line(config: ml_collections.ConfigDict, loss_cfg: LossConfig, folds: 
     return setup
 
 
-def _start(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def _start(config: ml_collections.ConfigDict, workdir: str, task) -> dict:
     """The finished cells (all processes agree on them); stale files of earlier runs go."""
     resume.check_writable(workdir, jax.process_index())
-    done = resume.finished_cells(workdir, config)
+    inputs = resume.inputs_of(task, config)
+    done = resume.finished_cells(workdir, config, inputs)
     sharding.check_agreement(repr(sorted(done, key=repr)), f"the finished cells in {workdir}")
     if sharding.is_primary():
         resume.remove_temporaries(workdir)
@@ -107,20 +110,69 @@ def _start(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 os.remove(os.path.join(workdir, name))
         config_path = os.path.join(workdir, resume.CONFIG_FILE)
         atomic_write_text(config_path, config.to_json_best_effort(indent=2))
+        inputs_path = os.path.join(workdir, resume.INPUTS_FILE)
+        atomic_write_text(inputs_path, json.dumps(inputs, indent=2, sort_keys=True) + "\n")
     return done
 
 
-def _cells(config: ml_collections.ConfigDict, folds: list):
-    for fold in folds:
-        for kind in config.noise:
-            for level in map(float, config.noise[kind]):
-                yield Cell(kind, level, fold)
+def _cells(config: ml_collections.ConfigDict, folds: list) -> list[Cell]:
+    return [
+        Cell(kind, level, fold)
+        for fold in folds
+        for kind in config.noise
+        for level in map(float, config.noise[kind])
+    ]
+
+
+def _to_run(cells: list[Cell], done: dict) -> set[int]:
+    """The indices of the cells that will train (not finished, not a copy of level 0)."""
+    out, clean = set(), set()
+    for i, cell in enumerate(cells):
+        if cell.level == 0.0:
+            if cell.fold in clean:
+                continue  # the same run as the first level 0 of its fold
+            clean.add(cell.fold)
+        if (cell.fold, cell.kind, cell.level) not in done:
+            out.add(i)
+    return out
+
+
+class _SweepProgress:
+    """The line after each cell: ``cell 3/9 (outliers 0.2): 12 s; ETA for the sweep 1 min``.
+
+    The ETA is the mean time of the cells trained so far times the cells left to train.
+    """
+
+    def __init__(self, cells: list[Cell], to_run: set[int]):
+        self.cells, self.to_run, self.times = cells, to_run, []
+
+    def line(self, i: int, seconds: float | None, note: str = "") -> str:
+        cell = self.cells[i]
+        where = f"{cell.kind} {cell.level:g}" + ("" if cell.fold is None else f", fold {cell.fold}")
+        head = f"cell {i + 1}/{len(self.cells)} ({where})"
+        if seconds is None:
+            return f"{head}: {note}"
+        self.times.append(seconds)
+        left = sum(1 for j in self.to_run if j > i)
+        if not left:
+            return f"{head}: {_duration(seconds)}; the sweep's last cell"
+        eta = _duration(left * sum(self.times) / len(self.times))
+        return f"{head}: {_duration(seconds)}; ETA for the sweep {eta}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds - 60 * minutes:02.0f} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def _run_locked(config: ml_collections.ConfigDict, loss_cfg: LossConfig, workdir: str):
     primary = sharding.is_primary()  # the one process that writes shared files
-    done = _start(config, workdir)
-    task = tasks.get_task(config.dataset.name)
+    task = tasks.get_task(config.dataset.name, config)
+    done = _start(config, workdir, task)
     folds = task.folds(config.dataset)
     writer = writers.make_writer(os.path.join(workdir, "logs"))
     mesh = sharding.make_mesh(config.num_devices or None)
@@ -130,22 +182,29 @@ def _run_locked(config: ml_collections.ConfigDict, loss_cfg: LossConfig, workdir
     rows: list[dict] = []
     fits = resume.load_fits(fits_path) if done else None
     clean_rows = {}  # level 0 is the same run under every noise model: run it once per fold
+    test_labels = _test_labels(task, config)
+    wording = {"metric": task.metric, "quick": config.quick, "test_labels": test_labels}
     setup, t0 = _setup_line(config, loss_cfg, folds), time.time()
+    cells = _cells(config, folds)
+    progress = _SweepProgress(cells, _to_run(cells, done))
     try:
-        for cell in _cells(config, folds):
+        for i, cell in enumerate(cells):
             finished = done.get((cell.fold, cell.kind, cell.level))
             cell_fits = None
             if finished is not None:
                 cell_rows = finished
-                logging.info("cell %s: in %s already, skipped", cell.name, resume.RESULTS)
+                logging.info(progress.line(i, None, f"in {resume.RESULTS} already, skipped"))
             elif cell.level == 0.0 and cell.fold in clean_rows:
                 cell_rows = [{**r, "noise": cell.kind} for r in clean_rows[cell.fold]]
+                logging.info(progress.line(i, None, "level 0: the same run as before, reused"))
             else:
+                t_cell = time.time()
                 try:
                     cell_rows, cell_fits = run_cell(ctx, cell)
                 except interrupts.Interrupted as e:
                     e.where = e.where or f"cell {cell.name}"
                     raise
+                logging.info(progress.line(i, time.time() - t_cell))
             if cell.level == 0.0:
                 clean_rows[cell.fold] = cell_rows
             rows += cell_rows
@@ -158,11 +217,8 @@ def _run_locked(config: ml_collections.ConfigDict, loss_cfg: LossConfig, workdir
                 atomic_write_text(results, text)  # rows of finished cells only
     except NonFiniteError as e:
         if primary:  # the report of what finished, and of what went bad
-            _write_failure(
-                workdir,
-                e,
-                report.summary_markdown(rows, setup=setup, metric=task.metric, failure=str(e)),
-            )
+            text = report.summary_markdown(rows, setup=setup, failure=str(e), **wording)
+            _write_failure(workdir, e, text)
         raise
     except BaseException:
         # The error on its way out is what the user must see: closing the metric writers
@@ -173,9 +229,24 @@ def _run_locked(config: ml_collections.ConfigDict, loss_cfg: LossConfig, workdir
     writer.close()
     elapsed = time.time() - t0
     if primary:
-        report.write_all(rows, fits, workdir, elapsed_s=elapsed, setup=setup, metric=task.metric)
-        print(f"sweep finished in {elapsed:.1f}s; results in {workdir}", flush=True)
+        paths = report.write_all(rows, fits, workdir, elapsed_s=elapsed, setup=setup, **wording)
+        names = [os.path.basename(p) for p in paths] + [resume.RESULTS]
+        print(
+            f"sweep finished in {_duration(elapsed)}; wrote {', '.join(names)} in {workdir} "
+            "(TensorBoard logs in logs/)",
+            flush=True,
+        )
     return rows
+
+
+def _test_labels(task, config: ml_collections.ConfigDict) -> str:
+    """What the metrics are measured against, for summary.md and the figure."""
+    if task.test_labels_clean(config.dataset):
+        return report.CLEAN_TEST
+    return (
+        "against the test labels as given (not known to be clean: dataset.test_labels_clean "
+        "is False)"
+    )
 
 
 def _write_failure(workdir: str, e: NonFiniteError, summary: str) -> None:

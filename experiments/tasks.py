@@ -26,7 +26,7 @@ from kd_regression.datasets import faces, mpiigaze, multipie, sinusoid
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (inputs, clean labels [n, k])
 
 
-class _Task:
+class Task:
     """Defaults of a task without folds, whose data the config alone determines."""
 
     population = "loop"
@@ -34,8 +34,24 @@ class _Task:
     not_in_fingerprint: tuple[str, ...] = ()  # dataset.* keys a cell's results ignore
     model_keys: tuple[str, ...] = ("model",)  # teacher.* / student.* keys of the model's sizes
 
+    # Whether the labels the task starts from are clean, so that TOR's precision and recall
+    # can be scored where no noise was injected (a user's file: not known).
+    labels_known_clean = True
+
+    def bind(self, config: ml_collections.ConfigDict) -> Task:
+        """The task for one config (a task whose models depend on its data holds them)."""
+        return self
+
     def validate(self, ds: ml_collections.ConfigDict) -> None:
         """Raises ValueError naming a ``dataset.*`` key with an impossible value."""
+
+    def test_labels_clean(self, ds: ml_collections.ConfigDict) -> bool:
+        """Whether the test split's labels are clean (the metrics' reference)."""
+        return True
+
+    def teacher_predictions(self, teacher: ml_collections.ConfigDict):
+        """A teacher given as predictions (``teacher.predictions``), or None: train one."""
+        return None
 
     def folds(self, ds: ml_collections.ConfigDict) -> list:
         return [None]
@@ -53,7 +69,7 @@ class _Task:
         return {}
 
 
-class SinusoidTask(_Task):
+class SinusoidTask(Task):
     name = "sinusoid"
     version = sinusoid.VERSION
     population = "vmap"  # tiny MLPs: one vmapped program for all seeds
@@ -108,7 +124,7 @@ class SinusoidTask(_Task):
         return train.regression_metrics(pred, labels)
 
 
-class FacesTask(_Task):
+class FacesTask(Task):
     name = "faces"
     version = faces.VERSION
     # A vmapped convolution over a population is a grouped convolution, ~3.5x slower on
@@ -139,7 +155,7 @@ class FacesTask(_Task):
         return faces.angle_to_target(labels)
 
     def model_fn(self, part: ml_collections.ConfigDict, two_heads: bool) -> Callable[..., Any]:
-        return _image_model(part.model, 1, 2, two_heads)
+        return image_model(part.model, 1, 2, two_heads)
 
     def metrics(self, pred: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
         """Angular error in degrees between predicted and true roll, over examples."""
@@ -147,7 +163,7 @@ class FacesTask(_Task):
         return {"rmse": np.sqrt(np.mean(err**2, axis=-1)), "mae": np.mean(err, axis=-1)}
 
 
-def _image_model(m: ml_collections.ConfigDict, in_channels: int, out: int, two_heads: bool):
+def image_model(m: ml_collections.ConfigDict, in_channels: int, out: int, two_heads: bool):
     return functools.partial(
         models.image_regressor,
         m.trunk,
@@ -187,7 +203,7 @@ def _mpiigaze(data_dir: str | None, manual_dir: str | None) -> tuple[dict, str]:
     return data, _digest(data)
 
 
-class MpiiGazeTask(_Task):
+class MpiiGazeTask(Task):
     """MPIIGaze gaze (pitch, yaw), leave one person out; one fold per test person.
 
     Labels are (pitch, yaw) in degrees (noise is added in degrees); targets in radians.
@@ -254,7 +270,7 @@ class MpiiGazeTask(_Task):
         return np.radians(labels).astype(np.float32)
 
     def model_fn(self, part, two_heads):
-        return _image_model(part.model, 1, 2, two_heads)
+        return image_model(part.model, 1, 2, two_heads)
 
     def metrics(self, pred, labels):
         """Angle in degrees between predicted and true 3-D gaze directions."""
@@ -269,7 +285,7 @@ def _multipie(data_dir, manual_dir, image_size, illuminations) -> tuple[dict, st
     return data, _digest({f"{s}/{k}": v for s, d in data.items() for k, v in d.items()})
 
 
-class MultiPieTask(_Task):
+class MultiPieTask(Task):
     """Multi-PIE head yaw in degrees (13 cameras, −90°…+90°); targets yaw / 90°.
 
     Test: the ``test`` subjects (201–346); validation: ``dataset.validation_fraction`` of
@@ -328,7 +344,7 @@ class MultiPieTask(_Task):
         return (np.asarray(labels, np.float32) / multipie.MAX_YAW).astype(np.float32)
 
     def model_fn(self, part, two_heads):
-        return _image_model(part.model, 3, 1, two_heads)
+        return image_model(part.model, 3, 1, two_heads)
 
     def metrics(self, pred, labels):
         err = np.abs(np.asarray(pred)[..., 0] * multipie.MAX_YAW - np.asarray(labels)[..., 0])
@@ -338,7 +354,11 @@ class MultiPieTask(_Task):
 TASKS = {task.name: task for task in (SinusoidTask(), FacesTask(), MpiiGazeTask(), MultiPieTask())}
 
 
-def get_task(name: str):
-    if name not in TASKS:
-        raise ValueError(f"dataset.name={name!r} is not one of {sorted(TASKS)}")
-    return TASKS[name]
+def get_task(name: str, config: ml_collections.ConfigDict | None = None) -> Task:
+    """The task ``name``; bound to ``config`` when given (a user's data: its models)."""
+    from experiments import arrays_task  # imports this module
+
+    known = {**TASKS, arrays_task.TASK.name: arrays_task.TASK}
+    if name not in known:
+        raise ValueError(f"dataset.name={name!r} is not one of {sorted(known)}")
+    return known[name] if config is None else known[name].bind(config)

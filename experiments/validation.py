@@ -21,7 +21,7 @@ from absl import logging
 
 from experiments import tasks
 from kd_regression import models, noise, sharding, train
-from kd_regression.methods import LossConfig, get_method
+from kd_regression.methods import METHODS, LossConfig, check_teacher_method, get_method
 from kd_regression.trainer import TrainConfig
 
 TEACHER = "teacher"
@@ -32,6 +32,7 @@ STATE_COPIES = 4
 # Keys the code reads with a default: a config may leave them out.
 OPTIONAL_KEYS = ("teacher.eval_every", "teacher.patience", "student.eval_every", "student.patience")
 NOISE_LEVELS = {  # noise model: (is the level valid, what is allowed)
+    "none": (lambda v: v == 0.0, "0 (the labels as they are)"),
     "outliers": (lambda v: 0.0 <= v <= 1.0, "a rate in [0, 1]"),
     "gaussian": (lambda v: math.isfinite(v) and v >= 0, "a finite sigma >= 0"),
 }
@@ -90,11 +91,32 @@ def check_keys(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config key {key} is missing (see {module.replace('.', '/')}.py)")
 
 
+class ConfigError(ValueError):
+    """A mistake in the config (or in the files it names), found before any work.
+
+    The command line prints its message as one line and exits with status 2.
+    """
+
+
 def validate(config: ml_collections.ConfigDict) -> LossConfig:
-    """Checks the config before any work; returns the parsed loss config."""
-    task = tasks.get_task(config.dataset.name)
+    """Checks the config before any work; returns the parsed loss config.
+
+    Every problem is a :class:`ConfigError` (a ``ValueError``) with the original error as
+    its cause: the message names the key, file, array or row, and what is allowed.
+    """
+    try:
+        return _validate(config)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, OSError) as e:
+        raise ConfigError(str(e)) from e
+
+
+def _validate(config: ml_collections.ConfigDict) -> LossConfig:
+    task = tasks.get_task(config.dataset.name, config)
     check_keys(config)
     task.validate(config.dataset)
+    task.teacher_predictions(config.teacher)  # a teacher given as a file: read and checked
     _check_seeds(config)
     _check_methods(config)
     _check_noise(config)
@@ -128,20 +150,17 @@ def _check_seeds(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_methods(config: ml_collections.ConfigDict) -> None:
-    for name in config.methods:
-        get_method(name)
-    teacher_method = get_method(config.teacher.method)
-    if teacher_method.needs_teacher or teacher_method.two_heads:
-        raise ValueError(
-            f"teacher.method={config.teacher.method!r} must be a no-teacher, one-head method "
-            "(scratch_l2, scratch_l1, scratch_huber)"
-        )
+    for i, name in enumerate(config.methods):
+        if name not in METHODS:
+            raise ValueError(f"methods[{i}]={name!r}: not a method; the methods: {sorted(METHODS)}")
+    check_teacher_method(config.teacher.method, "teacher.method")
     if len(set(config.methods)) != len(config.methods):
         raise ValueError(f"methods={list(config.methods)}: a method is listed twice")
 
 
 def _check_noise(config: ml_collections.ConfigDict) -> None:
-    if not list(config.noise):
+    # A noise model with no levels is not run ('()' turns off a shipped config's model).
+    if not any(list(config.noise[kind]) for kind in config.noise):
         raise ValueError(f"noise: no noise model; give levels for any of {noise.NOISE_KINDS}")
     for kind in config.noise:
         names = [cell_name(kind, float(level)) for level in config.noise[kind]]
@@ -152,8 +171,6 @@ def _check_noise(config: ml_collections.ConfigDict) -> None:
             )
         if kind not in noise.NOISE_KINDS:
             raise ValueError(f"noise.{kind}: not a noise model; allowed {noise.NOISE_KINDS}")
-        if not list(config.noise[kind]):
-            raise ValueError(f"noise.{kind}: empty list of levels")
         ok, allowed = NOISE_LEVELS.get(kind, (lambda v: True, ""))
         for i, level in enumerate(config.noise[kind]):
             if not ok(float(level)):

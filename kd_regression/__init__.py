@@ -9,6 +9,9 @@ The method in four calls (:mod:`kd_regression.distill`)::
     student = kd.train_student(x, y, store, student_fn, "tor_multitask", kd.TrainConfig(...))
     y_hat = student.predict(x_test)
 
+A teacher trained elsewhere goes in as ``kd.given_teacher(predictions)`` (or a callable
+``x -> predictions``) wherever a trained one does.
+
 The pieces they are made of live in their own modules: losses, methods, models, train
 (train state and steps), loop (``fit``), teacher_store, input_pipeline, noise, sharding.
 """
@@ -17,8 +20,10 @@ __version__ = "0.1.0"
 
 from kd_regression.checkpoints import CheckpointWriteError
 from kd_regression.distill import (
+    GivenTeacher,
     Student,
     Teacher,
+    given_teacher,
     store_predictions,
     train_student,
     train_teacher,
@@ -31,6 +36,7 @@ from kd_regression.trainer import TrainConfig, Trainer
 __all__ = [
     "METHODS",
     "CheckpointWriteError",
+    "GivenTeacher",
     "LossConfig",
     "Method",
     "NonFiniteError",
@@ -40,6 +46,7 @@ __all__ = [
     "Trainer",
     "__version__",
     "get_method",
+    "given_teacher",
     "regression_metrics",
     "store_predictions",
     "train_student",

@@ -28,13 +28,15 @@ import numpy as np
 
 from kd_regression import loop, sharding, teacher_store, train
 from kd_regression.losses import THRESHOLD_METHODS
-from kd_regression.methods import LossConfig, get_method, loss_constants
+from kd_regression.methods import LossConfig, check_teacher_method, get_method, loss_constants
 from kd_regression.models import LABEL_HEAD, MAIN_HEAD
 from kd_regression.trainer import TrainConfig, Trainer
 
 __all__ = [
+    "GivenTeacher",
     "Student",
     "Teacher",
+    "given_teacher",
     "loss_statistics",
     "store_constants",
     "store_fingerprint",
@@ -112,6 +114,79 @@ class Teacher:
         return h.hexdigest()[:16]
 
 
+@dataclasses.dataclass
+class GivenTeacher:
+    """A teacher the library did not train: its predictions on the training rows, ``[S,
+    n, d]``, and optionally a function ``x -> predictions`` for other inputs.
+
+    ``folds``: ``[S, n]`` each row's fold when the predictions are out-of-fold, else None.
+    Use it wherever a :class:`Teacher` goes (:func:`store_predictions`, :func:`train_student`);
+    made by :func:`given_teacher`.
+    """
+
+    predictions: np.ndarray
+    predict_fn: Callable[[np.ndarray], np.ndarray] | None
+    folds: np.ndarray | None
+    seeds: list[int]
+    single: bool
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if self.predict_fn is None:
+            raise ValueError(
+                "this teacher was given as predictions on its training rows only; give "
+                "predict= to given_teacher for predictions on other inputs"
+            )
+        (x,) = _stacked(self.single, x)
+        out = np.stack([np.asarray(self.predict_fn(member), np.float32) for member in x])
+        return out[0] if self.single else out
+
+    def training_predictions(self, index: np.ndarray | None = None) -> np.ndarray:
+        return self.predictions if index is None else self.predictions[:, index]
+
+    def params_digest(self) -> str:
+        """What stands for a trained teacher's parameters: the predictions' bytes."""
+        h = hashlib.sha256(str(self.predictions.shape).encode())
+        h.update(np.ascontiguousarray(self.predictions, np.float32).tobytes())
+        return h.hexdigest()[:16]
+
+
+def given_teacher(
+    predictions: np.ndarray | None = None,
+    *,
+    x: np.ndarray | None = None,
+    predict: Callable[[np.ndarray], np.ndarray] | None = None,
+    folds: np.ndarray | None = None,
+    seeds: Seeds = 0,
+) -> GivenTeacher:
+    """A teacher trained elsewhere (any framework), as predictions or as a callable.
+
+    ``predictions``: its outputs on the training inputs, in target units (``[n, d]``, or
+    ``[S, n, d]`` for a population); or ``predict`` (``x -> [len(x), d]``) with the
+    training inputs ``x``, from which they are computed. ``folds``: each row's fold id, if
+    the predictions are out-of-fold (recorded in the store's fingerprint).
+    """
+    seed_list, single = _population(seeds)
+    if predictions is None:
+        if predict is None or x is None:
+            raise ValueError("give the teacher's predictions, or predict= and x=")
+        (xs,) = _stacked(single, x)
+        predictions = np.stack([np.asarray(predict(member), np.float32) for member in xs])
+    else:
+        (predictions,) = _stacked(single, np.asarray(predictions, np.float32))
+    if predictions.ndim != 3 or predictions.shape[0] != len(seed_list):
+        raise ValueError(
+            f"teacher predictions of shape {predictions.shape[int(single) :]}: must be [n, d] "
+            f"(or [S, n, d] for {len(seed_list)} seeds)"
+        )
+    if not np.isfinite(predictions).all():
+        row = int(np.argmax(~np.isfinite(predictions).all(axis=(0, 2))))
+        raise ValueError(f"teacher predictions: NaN or inf at row {row}")
+    if folds is not None:
+        (folds,) = _stacked(single, np.asarray(folds))
+        folds = np.broadcast_to(folds, predictions.shape[:2])
+    return GivenTeacher(predictions, predict, folds, seed_list, single)
+
+
 def train_teacher(
     x: np.ndarray,
     y: np.ndarray,
@@ -140,11 +215,7 @@ def train_teacher(
     seed_list, single = _population(seeds)
     x, y = _stacked(single, x, y)
     trainer = trainer or _trainer(model_fn, method, config, loss_config)
-    if trainer.method.needs_teacher or trainer.method.two_heads:
-        raise ValueError(
-            f"teacher method={trainer.method.name!r} must be a no-teacher, one-head method "
-            "(scratch_l2, scratch_l1, scratch_huber)"
-        )
+    check_teacher_method(trainer.method.name)
     val = None
     if validation is not None:
         val = dict(zip(("x", "y"), _stacked(single, *validation), strict=True))
@@ -196,7 +267,7 @@ def loss_statistics(y: np.ndarray, predictions: np.ndarray, loss_config: LossCon
 
 
 def store_fingerprint(
-    teacher: Teacher, fingerprint: Mapping[str, Any] | None, loss_config: LossConfig
+    teacher: Teacher | GivenTeacher, fingerprint: Mapping[str, Any] | None, loss_config: LossConfig
 ) -> dict[str, Any]:
     """What :func:`store_predictions` fingerprints a store with: ``fingerprint`` (what the
     teacher depends on), the teacher's parameters, folds and the threshold settings."""
@@ -224,7 +295,7 @@ def store_constants(store: teacher_store.TeacherStore, loss_config: LossConfig) 
 
 
 def store_predictions(
-    teacher: Teacher,
+    teacher: Teacher | GivenTeacher,
     directory: str,
     *,
     y: np.ndarray,
@@ -306,14 +377,16 @@ class Student:
         return self.heads(x)[head]
 
 
-def _teacher_inputs(teacher, y, loss_config: LossConfig, single: bool):
+def _teacher_inputs(teacher, x, y, loss_config: LossConfig, single: bool):
     """(the batch's ``teacher`` array or store, the loss constants δ and η per seed)."""
     if isinstance(teacher, teacher_store.TeacherStore):
         constants = store_constants(teacher, loss_config)
         # One process holds the whole store; with several, each reads its own batch rows.
         return (teacher.load() if jax.process_count() == 1 else teacher), constants
-    if isinstance(teacher, Teacher):
+    if isinstance(teacher, (Teacher, GivenTeacher)):
         predictions = teacher.training_predictions()
+    elif callable(teacher):  # a model trained elsewhere, x -> predictions
+        predictions = np.stack([np.asarray(teacher(member), np.float32) for member in x])
     else:
         (predictions,) = _stacked(single, teacher)
     per_seed = jax.vmap(lambda y, t: loss_constants(y, t, loss_config))(
@@ -325,7 +398,7 @@ def _teacher_inputs(teacher, y, loss_config: LossConfig, single: bool):
 def train_student(
     x: np.ndarray,
     y: np.ndarray,
-    teacher: teacher_store.TeacherStore | Teacher | np.ndarray | None,
+    teacher: teacher_store.TeacherStore | Teacher | GivenTeacher | np.ndarray | Callable | None,
     model_fn: Callable[..., Any] | None,
     method: str,
     config: TrainConfig | None = None,
@@ -341,7 +414,8 @@ def train_student(
     """Trains a student with ``method`` on ``(x, y)`` and the teacher's predictions.
 
     ``teacher``: a store from :func:`store_predictions` (δ and η read from it), a
-    :class:`Teacher`, or its predictions on ``x`` as an array (δ and η computed here);
+    :class:`Teacher` or :class:`GivenTeacher`, its predictions on ``x`` as an array, or a
+    model trained elsewhere as a callable ``x -> predictions`` (δ and η computed here);
     None for the methods without a teacher. ``model_fn`` is called with
     ``two_heads=True`` for a two-head method (``tor_multitask``). ``trainer``: a
     :class:`Trainer` of this method to reuse instead of ``model_fn``, ``config`` and
@@ -358,7 +432,7 @@ def train_student(
         raise ValueError(f"method={method!r} but the trainer is {trainer.method.name!r}'s")
     arrays, constants = {"x": x, "y": y}, {}
     if teacher is not None:
-        arrays["teacher"], constants = _teacher_inputs(teacher, y, trainer.loss_config, single)
+        arrays["teacher"], constants = _teacher_inputs(teacher, x, y, trainer.loss_config, single)
     elif method_.needs_teacher:
         raise ValueError(f"method={method!r} needs a teacher's predictions")
     result = trainer.fit(

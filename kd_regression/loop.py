@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from kd_regression import checkpoints, interrupts, sharding
+from kd_regression import checkpoints, interrupts, sharding, writers
 from kd_regression.metric_window import MetricWindow
 from kd_regression.train import Batch, Metrics, TrainState
 
@@ -141,8 +141,22 @@ class _Progress:
     TensorFlow (seconds, for every fit), and it writes its rates into the metric files.
     """
 
+    # Without --verbose (writers.verbose()), a fit logs its progress at most this often: a
+    # fit of a few seconds says nothing until it ends, a teacher of many minutes keeps
+    # saying where it is.
+    QUIET_INTERVAL_S = 30.0
+
     def __init__(self, start: int, num_steps: int):
         self.start, self.num_steps, self.t0 = start, num_steps, time.time()
+        self._shown = self.t0
+
+    def due(self) -> bool:
+        """Whether a log step's line is shown: always when verbose, else every 30 s."""
+        now = time.time()
+        if writers.verbose() or now - self._shown >= self.QUIET_INTERVAL_S:
+            self._shown = now
+            return True
+        return False
 
     def line(self, step: int) -> str:
         rate = (step - self.start) / max(time.time() - self.t0, 1e-9)
@@ -272,7 +286,8 @@ def fit(
                 scalars = window.summary(step)
                 if writer is not None:
                     writer.write_scalars(step, {f"{name}/{key}": v for key, v in scalars.items()})
-                logging.info("%s: %s, loss %.4g", name, progress.line(step), scalars["loss"])
+                if progress.due():
+                    logging.info("%s: %s, loss %.4g", name, progress.line(step), scalars["loss"])
             if eval_fn is not None and (step % eval_every == 0 or last):
                 window.check(step)  # no evaluation of a state that went non-finite
                 val = np.asarray(jax.device_get(eval_fn(state)), np.float64)
@@ -284,12 +299,13 @@ def fit(
                 best = state if stopping.best is None else stopping.best
                 ckpt.save(step, {"state": state, "best": best, "aux": stopping.record(state)})
             if stopping.stopped:
-                logging.info("%s: early stop at step %d (best %s)", name, step, stopping.best_step)
+                best_step = stopping.best_step
+                logging.vlog(1, "%s: early stop at step %d (best %s)", name, step, best_step)
                 break
         window.check(step)
         if writer is not None:
             writer.flush()
-        logging.info("%s: %d steps in %.1fs", name, step - progress.start, progress.elapsed())
+        logging.vlog(1, "%s: %d steps in %.1fs", name, step - progress.start, progress.elapsed())
         final = stopping.best if eval_fn is not None else state
         return FitResult(final, state, stopping.best_val, stopping.best_step, step)
     except BaseException as e:

@@ -195,6 +195,20 @@ METHODS: dict[str, Method] = {
 }
 
 
+def teacher_methods() -> list[str]:
+    """The methods a teacher can train with: labels only (no teacher), one head."""
+    return sorted(n for n, m in METHODS.items() if not (m.needs_teacher or m.two_heads))
+
+
+def check_teacher_method(name: str, where: str = "teacher method") -> None:
+    """A ValueError unless ``name`` is one of :func:`teacher_methods`, saying why not."""
+    if name not in teacher_methods():
+        m = METHODS.get(name)
+        why = "not a method" if m is None else "needs a teacher" if m.needs_teacher else "two heads"
+        allowed = teacher_methods()
+        raise ValueError(f"{where}={name!r}: {why}; a teacher trains with one of {allowed}")
+
+
 def get_method(name: str) -> Method:
     """The registered method ``name``; a ValueError lists the registry otherwise."""
     if name not in METHODS:

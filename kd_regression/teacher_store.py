@@ -353,7 +353,7 @@ def _fill(directory, predict, batch_size, process_index, process_count) -> bool:
         write_range(directory, start, np.concatenate(parts, axis=-2))
         done += stop - start
         rate = done / max(time.time() - t0, 1e-9)
-        logging.info("teacher store %s: %d/%d rows (%.0f rows/s)", directory, done, total, rate)
+        logging.vlog(1, "teacher store %s: %d/%d rows (%.0f rows/s)", directory, done, total, rate)
     return process_index == 0 and not missing_ranges(directory)
 
 

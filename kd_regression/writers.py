@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging as std_logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import jax
+from absl import logging
 
 from kd_regression.fileio import with_filename
 
-__all__ = ["JsonlWriter", "make_writer"]
+__all__ = ["JsonlWriter", "make_writer", "verbose"]
+
+
+def verbose() -> bool:
+    """Whether absl's logger shows verbosity-1 lines (``--verbose``, ``--verbosity=1``):
+    then every fit logs each log step and its metrics."""
+    return logging.get_absl_logger().isEnabledFor(std_logging.DEBUG)
 
 
 class JsonlWriter:
@@ -48,10 +56,11 @@ class JsonlWriter:
             self._file.close()
 
 
-def make_writer(logdir: str | None) -> Any:
-    """CLU metric writers: a readable log, TensorBoard events and ``metrics.jsonl`` in logdir.
+def make_writer(logdir: str | None, *, echo: bool | None = None) -> Any:
+    """CLU metric writers: TensorBoard events and ``metrics.jsonl`` in ``logdir``, and, if
+    ``echo``, every scalar in the log too (by default when :func:`verbose`).
 
-    Only process 0 writes files; other processes only log.
+    Only process 0 writes files; other processes only log, and only if ``echo``.
     """
     # Imported here: clu.metric_writers imports TensorFlow (for its summary writer), which
     # costs seconds and is not needed by the rest of the library.
@@ -59,8 +68,10 @@ def make_writer(logdir: str | None) -> Any:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     from clu import metric_writers
 
-    if logdir is None or jax.process_index() > 0:
-        return metric_writers.create_default_writer(just_logging=True, asynchronous=False)
-    os.makedirs(logdir, exist_ok=True)
-    default = metric_writers.create_default_writer(logdir, asynchronous=False)
-    return metric_writers.MultiWriter([default, JsonlWriter(os.path.join(logdir, "metrics.jsonl"))])
+    echo = verbose() if echo is None else echo
+    writers = [metric_writers.LoggingWriter()] if echo else []
+    if logdir is not None and jax.process_index() == 0:
+        os.makedirs(logdir, exist_ok=True)
+        writers.append(metric_writers.SummaryWriter(logdir))
+        writers.append(JsonlWriter(os.path.join(logdir, "metrics.jsonl")))
+    return metric_writers.MultiWriter(writers)

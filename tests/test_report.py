@@ -1,10 +1,13 @@
 """experiments.report: mean ± standard error over seeds, best-per-column marking."""
 
 import math
+import os
+from unittest import mock
 
 import numpy as np
 
 from experiments import report
+from kd_regression.methods import METHODS
 
 
 def _rows():
@@ -85,3 +88,74 @@ def test_folds_are_averaged_per_seed_before_the_standard_error():
     mean, se = report.aggregate(rows, "mae")["outliers"][("tor", 0.2)]
     assert mean == 4.0
     assert np.isclose(se, np.std([2.0, 6.0], ddof=1) / np.sqrt(2))  # 2, not over 4 rows
+
+
+def test_a_quick_run_says_so_first_and_the_test_labels_are_named():
+    text = report.summary_markdown(_rows(), quick=True)
+    assert text.splitlines()[2] == report.QUICK_BANNER  # under the title, before anything
+    assert "numbers check the plumbing only and mean nothing" in text
+    assert "Test RMSE on the clean test split, mean" in text
+    assert report.QUICK_BANNER not in report.summary_markdown(_rows())
+    given = report.summary_markdown(_rows(), test_labels="against the test labels as given")
+    assert "Test RMSE against the test labels as given, mean" in given
+    assert "clean test split" not in given
+
+
+def test_each_output_of_several_gets_its_own_table():
+    rows = _rows()
+    for r in rows:
+        r.update(rmse_pitch=r["rmse"] * 2, rmse_yaw=r["rmse"] / 2)
+    text = report.summary_markdown(rows)
+    assert "### rmse of output 'pitch', outliers" in text
+    assert "### rmse of output 'yaw', outliers" in text
+    pitch = text.split("### rmse of output 'pitch'")[1].split("###")[0]
+    assert "**4.000 ± 1.155**" in pitch  # scratch_l2's 2.0 ± 0.577, doubled
+    assert "rmse of output" not in report.summary_markdown(_rows())  # one output: none
+
+
+def test_write_all_returns_the_files_it_wrote(tmp_path):
+    paths = report.write_all(_rows(), None, str(tmp_path), quick=True)
+    assert [os.path.basename(p) for p in paths] == ["summary.md", "noise_sweep.png"]
+    assert sorted(os.listdir(tmp_path)) == ["noise_sweep.png", "summary.md"]
+    assert open(paths[0]).read().startswith("# Noise sweep summary\n\n> **A `:quick` run")
+
+
+def test_the_sweep_figure_draws_groups_in_their_own_styles(tmp_path):
+    """11+ lines stay readable: teacher black dashed, baselines dotted, the rest solid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    names = [*METHODS, "tor_multitask (teacher head)", "teacher"]
+    rows = [
+        {
+            "method": n.split(" (")[0],
+            "head": "teacher" if "(" in n else "main",
+            "noise": kind,
+            "level": lv,
+            "seed": 0,
+            "rmse": 1.0 + i + lv,
+        }
+        for i, n in enumerate(names)
+        for kind in ("outliers", "gaussian")
+        for lv in (0.0, 0.2)
+    ]
+    drawn = []
+    with mock.patch.object(plt, "close", lambda fig: drawn.append(fig)):
+        report.plot_noise_sweep(rows, str(tmp_path / "sweep.png"))
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    axes = drawn[0].axes
+    assert len(axes) == 2  # one panel per noise model
+    lines = {c.get_label(): c.lines[0] for c in axes[0].containers}  # the errorbars
+    assert len(lines) == len(names)
+    legend = [t.get_text() for t in axes[-1].get_legend().get_texts()]
+    baselines = ["scratch_l2", "scratch_l1", "scratch_huber"]
+    assert legend[:4] == ["teacher", *baselines]  # grouped, each group in registry order
+    assert lines["teacher"].get_linestyle() == "--" and lines["teacher"].get_color() == "k"
+    assert {lines[b].get_linestyle() for b in baselines} == {":"}
+    rest = [n for n in names if n not in ("teacher", *baselines)]
+    assert {lines[n].get_linestyle() for n in rest} == {"-"}
+    assert len({lines[n].get_color() for n in rest}) == len(rest)  # no colour used twice
+    assert axes[0].get_ylabel() == "test RMSE (clean test labels)"
+    plt.close(drawn[0])

@@ -104,6 +104,7 @@ RUN = textwrap.dedent(
         assert point == "never", point
 
     logging.set_verbosity(logging.INFO)
+    logging.get_absl_logger().setLevel(10)  # as --verbose: the store's per-range lines
     config = sinusoid.get_config("quick")
     config.methods = ("scratch_l2", "tor_multitask")
     config.store.chunk_rows = 100  # four row ranges per store
@@ -174,7 +175,7 @@ def test_killed_at_every_stage_then_rerun_equals_an_uninterrupted_run(uninterrup
         ("store:2", "gaussian_0.2/teacher: resumed from checkpoint at step 100"),
         ("fit:gaussian_0.2/tor_multitask:130:100", "gaussian_0.2: 200/200 rows"),  # 2 of 4 left
         ("results:2", "gaussian_0.2/tor_multitask: resumed from checkpoint at step 100"),
-        ("results-tmp:1", "cell outliers_0: in results.jsonl already, skipped"),
+        ("results-tmp:1", "(outliers 0): in results.jsonl already, skipped"),
     ]
     workdir = tmp_path / "killed"
     for point, resumed in kills:
@@ -184,8 +185,8 @@ def test_killed_at_every_stage_then_rerun_equals_an_uninterrupted_run(uninterrup
         assert resumed is None or resumed in done.stderr, (point, resumed)
     resumed = _run(workdir, "never")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    for cell in ("gaussian_0.2", "outliers_0"):  # finished before: not run again
-        assert f"cell {cell}: in results.jsonl already, skipped" in resumed.stderr
+    for cell in ("gaussian 0.2", "outliers 0"):  # finished before: not run again
+        assert f"({cell}): in results.jsonl already, skipped" in resumed.stderr
     assert "resumed from checkpoint at step 200" in resumed.stderr  # outliers_0.3's students
 
     reference = (uninterrupted / "results.jsonl").read_bytes()

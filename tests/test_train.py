@@ -4,6 +4,7 @@ import errno
 import functools
 import glob
 import json
+import logging as std_logging
 import os
 import subprocess
 import sys
@@ -698,7 +699,7 @@ def _events(logdir):
     }
 
 
-def test_make_writer(tmp_path):
+def test_make_writer(tmp_path, caplog):
     logdir = str(tmp_path / "logs")
     writer = writers.make_writer(logdir)
     writer.write_scalars(3, {"train/loss": 1.5, "n": np.int32(2)})
@@ -710,9 +711,10 @@ def test_make_writer(tmp_path):
         rows = [json.loads(line) for line in f]
     assert rows == [{"step": 3, "train/loss": 1.5, "n": 2.0}, {"step": 5, "train/loss": 0.25}]
     assert _events(logdir) == {"train/loss": {3: 1.5, 5: 0.25}, "n": {3: 2.0}}
-    logger = writers.make_writer(None)  # logging only
-    logger.write_scalars(1, {"a": 1.0})
-    logger.flush()
+    with caplog.at_level(std_logging.INFO):
+        writers.make_writer(None).write_scalars(1, {"quiet": 1.0})  # by default: nothing
+        writers.make_writer(None, echo=True).write_scalars(2, {"loud": 1.0})  # the log only
+    assert "loud=1" in caplog.text and "quiet" not in caplog.text
 
 
 def test_fit_writes_metrics(tmp_path):

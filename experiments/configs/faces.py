@@ -49,7 +49,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.student.num_steps = 400
     config.student.checkpoint_every = 400
 
-    if common.is_quick(arg):
+    config.quick = common.is_quick(arg)
+    if config.quick:
         common.quick_image_parts(config, batch_size=32, teacher_steps=20, student_steps=10)
         config.dataset.rotations_per_face = 4
         config.noise.outliers = (0.0, 0.3)

@@ -47,7 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.student.num_steps = 10_000
     config.student.checkpoint_every = 2000
 
-    if common.is_quick(arg):
+    config.quick = common.is_quick(arg)
+    if config.quick:
         common.quick_image_parts(config)
         config.dataset.test_people = (0, 1)
         config.noise.outliers = (0.0, 0.3)

@@ -46,7 +46,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.student.num_steps = 8000
     config.student.checkpoint_every = 2000
 
-    if common.is_quick(arg):
+    config.quick = common.is_quick(arg)
+    if config.quick:
         common.quick_image_parts(config)
         config.dataset.image_size = 16
         config.dataset.illuminations = (0, 7)

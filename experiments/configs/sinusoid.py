@@ -58,7 +58,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.fits_noise = "outliers"
     config.fits_level = 0.4
 
-    if common.is_quick(arg):
+    config.quick = common.is_quick(arg)
+    if config.quick:
         config.num_seeds = 2
         config.dataset.train_size = 400
         config.dataset.validation_size = 100
