@@ -112,11 +112,12 @@ def _statistics(a: np.ndarray, what: str, constant_ok: bool = False):
 
 
 def _inputs(x: np.ndarray, scale) -> np.ndarray:
+    """Vectors (``scale``: their statistics) standardised; uint8 images to [0, 1]."""
+    if scale is not None:
+        return ((x - scale[0]) / scale[1]).astype(np.float32)
     if x.dtype == np.uint8:
         return x.astype(np.float32) / 255.0
-    if scale is None:
-        return x.astype(np.float32)
-    return ((x - scale[0]) / scale[1]).astype(np.float32)
+    return x.astype(np.float32)
 
 
 class ArraysTask(tasks.Task):
@@ -124,8 +125,9 @@ class ArraysTask(tasks.Task):
     version = "1"
     model_keys = ("hidden", "model")
     metric = ("rmse", "test RMSE (the file's units)")
-    # The file's content digest stands for it: a moved file is the same data.
-    not_in_fingerprint = ("path",)
+    # The file's content digest stands for it: a moved file is the same data. Whether the
+    # test labels are clean changes the summary's words only.
+    not_in_fingerprint = ("path", "test_labels_clean")
     labels_known_clean = False
 
     def __init__(self, config: ml_collections.ConfigDict | None = None):
@@ -245,6 +247,11 @@ def _given_teacher(data: Prepared, path: str, stamp, columns, fold_key: str) -> 
     k = len(data.names)
     columns = columns or data.names
     arrays_, folds = _read_predictions(path, columns, fold_key)
+    if "test" in arrays_ and data.rows["test"] is not None:
+        raise DataError(
+            f"teacher predictions {path}: has a test array, but the test split is drawn from "
+            "the data file's rows, whose predictions are in train"
+        )
     out = {}
     for split, a in arrays_.items():
         where = f"teacher predictions {path}: {split}"
@@ -261,11 +268,6 @@ def _given_teacher(data: Prepared, path: str, stamp, columns, fold_key: str) -> 
             )
         arrays.check_finite(a, where, "the array")
         out[split] = (a - data.y_mean) / data.y_std
-    if "test" in out and data.rows["test"] is not None:
-        raise DataError(
-            f"teacher predictions {path}: has a test array, but the test split is drawn from "
-            "the data file's rows, whose predictions are in train"
-        )
     train = out["train"][data.rows["train"]]
     test = out.get("test")
     if test is None and data.rows["test"] is not None:

@@ -125,7 +125,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except Exception as e:
-        if "--verbose" in argv:
+        if any(a in ("--verbose", "--verbose=true", "--verbose=True") for a in argv):
             traceback.print_exc()
         print(f"kd-regression: {_flag_error(e, argv)}", file=sys.stderr, flush=True)
         sys.exit(USAGE_ERROR)

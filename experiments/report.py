@@ -21,7 +21,7 @@ FIT_METHODS = tuple(k for k in _FIT_STYLES if k != TEACHER)  # the students fits
 CLEAN_TEST = "on the clean test split"  # what the test labels are, in the summary's words
 QUICK_BANNER = (
     "> **A `:quick` run: its numbers check the plumbing only and mean nothing** (a few "
-    "steps of tiny models, two seeds). Run the config without `:quick` for results."
+    "steps of tiny models, few seeds). Run the config without `:quick` for results."
 )
 
 
@@ -216,19 +216,29 @@ def plot_noise_sweep(
 
     rmse = aggregate(rows, metric[0])
     fig, axes = plt.subplots(1, len(rmse), figsize=(6.5 * len(rmse), 4.5), squeeze=False)
+    against = "clean test labels" if test_labels == CLEAN_TEST else "test labels as given"
     for ax, (kind, cells) in zip(axes[0], rmse.items(), strict=True):
         counts = collections.Counter()
+        all_levels = sorted({lv for _, lv in cells})
         # Teacher, baselines, then methods with a teacher; each group in the config's order.
-        for label in sorted(dict.fromkeys(lb for lb, _ in cells), key=_group):
+        labels = sorted(dict.fromkeys(lb for lb, _ in cells), key=_group)
+        for i, label in enumerate(labels):
             levels = sorted(lv for lb, lv in cells if lb == label)
             mean = [cells[(label, lv)][0] for lv in levels]
             se = [np.nan_to_num(cells[(label, lv)][1]) for lv in levels]
             style = _GROUP_STYLES[_group(label)](counts[_group(label)])
             counts[_group(label)] += 1
-            ax.errorbar(levels, mean, yerr=se, ms=3, capsize=2, lw=1.2, label=label, **style)
-        ax.set_xlabel(f"{kind} level" if kind != "none" else "labels as they are")
-        against = "clean test labels" if test_labels == CLEAN_TEST else "test labels as given"
-        ax.set_ylabel(f"{metric[1]} ({against})")
+            # One level (e.g. the labels as they are): the methods side by side, as dots.
+            xs = [i] if len(all_levels) == 1 else levels
+            ax.errorbar(xs, mean, yerr=se, ms=3, capsize=2, lw=1.2, label=label, **style)
+        if len(all_levels) == 1:
+            ax.set_xticks([])
+            level = "labels as they are" if kind == "none" else f"{kind} level {all_levels[0]:g}"
+            ax.set_xlabel(f"{level} (one dot per method, in the legend's order)")
+        else:
+            ax.set_xticks(all_levels)
+            ax.set_xlabel(f"{kind} level")
+        ax.set_ylabel(f"{metric[1]}\n({against})")
         ax.set_title(f"noise model: {kind}")
         ax.grid(alpha=0.3)
     axes[0, -1].legend(

@@ -26,8 +26,19 @@ FITS_FILE = "fits.npz"  # the arrays of fits.png, so a resumed sweep can draw it
 FAILURE_FILE = "failure.json"  # why the last run stopped (non-finite training), if it did
 # Digests of what the config names but does not hold: a data file, a teacher's predictions.
 INPUTS_FILE = "inputs.json"
-# How a sweep runs, not what it computes: a resumed sweep may change these.
-RUN_KEYS = ("num_devices", "steps_per_call", "dataset.data_dir", "dataset.manual_dir")
+# How a sweep runs or is reported, not what it computes: a resumed sweep may change these.
+# The paths of a user's files too: inputs.json holds their content's digests, checked apart.
+RUN_KEYS = (
+    "num_devices",
+    "steps_per_call",
+    "dataset.data_dir",
+    "dataset.manual_dir",
+    "dataset.path",
+    "dataset.test_labels_clean",
+    "teacher.predictions",
+)
+# Keys added since a workdir may have been made, with the value they had before.
+NEW_KEYS = {"quick": False}
 
 
 def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -43,6 +54,7 @@ def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
         ) from None
     except ValueError as e:
         raise ValueError(f"{path} is damaged ({e}): use a new --workdir") from e
+    old = {**NEW_KEYS, **old}
     new = flatten(json.loads(config.to_json_best_effort()))
     absent = "<absent>"
     changed = [
@@ -87,7 +99,7 @@ def check_same_inputs(workdir: str, inputs: dict) -> None:
 
 
 def finished_cells(
-    workdir: str, config: ml_collections.ConfigDict, inputs: dict | None = None
+    workdir: str, config: ml_collections.ConfigDict, task
 ) -> dict[tuple, list[dict]]:
     """The cells whose rows are all in ``workdir``'s results.jsonl, by (fold, noise, level).
 
@@ -98,9 +110,10 @@ def finished_cells(
     if not rows:
         return {}
     check_same_config(workdir, config)
-    if inputs is not None:
-        check_same_inputs(workdir, inputs)
-    heads = {TEACHER: [models.MAIN_HEAD]}
+    check_same_inputs(workdir, inputs_of(task, config))
+    given = task.teacher_predictions(config.teacher)
+    # A teacher given as a file without test predictions has no row.
+    heads = {TEACHER: [models.MAIN_HEAD]} if given is None or given.test is not None else {}
     for name in config.methods:
         two = get_method(name).two_heads
         heads[name] = [models.LABEL_HEAD, models.TEACHER_HEAD] if two else [models.MAIN_HEAD]

@@ -98,8 +98,7 @@ def _setup_line(config: ml_collections.ConfigDict, loss_cfg: LossConfig, folds: 
 def _start(config: ml_collections.ConfigDict, workdir: str, task) -> dict:
     """The finished cells (all processes agree on them); stale files of earlier runs go."""
     resume.check_writable(workdir, jax.process_index())
-    inputs = resume.inputs_of(task, config)
-    done = resume.finished_cells(workdir, config, inputs)
+    done = resume.finished_cells(workdir, config, task)
     sharding.check_agreement(repr(sorted(done, key=repr)), f"the finished cells in {workdir}")
     if sharding.is_primary():
         resume.remove_temporaries(workdir)
@@ -110,8 +109,8 @@ def _start(config: ml_collections.ConfigDict, workdir: str, task) -> dict:
                 os.remove(os.path.join(workdir, name))
         config_path = os.path.join(workdir, resume.CONFIG_FILE)
         atomic_write_text(config_path, config.to_json_best_effort(indent=2))
-        inputs_path = os.path.join(workdir, resume.INPUTS_FILE)
-        atomic_write_text(inputs_path, json.dumps(inputs, indent=2, sort_keys=True) + "\n")
+        inputs = json.dumps(resume.inputs_of(task, config), indent=2, sort_keys=True)
+        atomic_write_text(os.path.join(workdir, resume.INPUTS_FILE), inputs + "\n")
     return done
 
 
@@ -161,11 +160,11 @@ class _SweepProgress:
 
 
 def _duration(seconds: float) -> str:
-    if seconds < 60:
+    if seconds < 59.95:  # what rounds to 60.0 s is a minute
         return f"{seconds:.1f} s"
-    minutes = int(seconds // 60)
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
-        return f"{minutes} min {seconds - 60 * minutes:02.0f} s"
+        return f"{minutes} min {secs:02d} s"
     return f"{minutes // 60} h {minutes % 60:02d} min"
 
 

@@ -116,11 +116,18 @@ def _validate(config: ml_collections.ConfigDict) -> LossConfig:
     task = tasks.get_task(config.dataset.name, config)
     check_keys(config)
     task.validate(config.dataset)
-    task.teacher_predictions(config.teacher)  # a teacher given as a file: read and checked
+    given = task.teacher_predictions(config.teacher)  # a teacher file: read and checked
+    if given is not None and config.teacher.folds:
+        raise ValueError(
+            f"teacher.folds={config.teacher.folds}: no teacher is trained when one is given "
+            "as a file (teacher.predictions); give out-of-fold predictions with "
+            "teacher.fold_key instead"
+        )
+    roles = ("student",) if given is not None else (TEACHER, "student")  # what trains
     _check_seeds(config)
     _check_methods(config)
     _check_noise(config)
-    _check_parts(config, task)
+    _check_parts(config, task, roles)
     if config.store.chunk_rows < 1 or config.store.parity_sample < 0:
         raise ValueError(
             f"store.chunk_rows={config.store.chunk_rows} (must be >= 1), store.parity_sample="
@@ -133,7 +140,7 @@ def _validate(config: ml_collections.ConfigDict) -> LossConfig:
     if config.inference_head not in (models.LABEL_HEAD, models.TEACHER_HEAD):
         raise ValueError(f"inference_head={config.inference_head!r}: 'label' or 'teacher'")
     loss_cfg = LossConfig.from_dict(config.loss.to_dict())
-    _check_memory(config, task, _check_models(config, task))
+    _check_memory(config, task, _check_models(config, task, roles))
     return loss_cfg
 
 
@@ -177,8 +184,9 @@ def _check_noise(config: ml_collections.ConfigDict) -> None:
                 raise ValueError(f"noise.{kind}[{i}]={level}: must be {allowed}")
 
 
-def _check_parts(config: ml_collections.ConfigDict, task) -> None:
-    """The teacher's and the student's training sections, and the devices they split over."""
+def _check_parts(config: ml_collections.ConfigDict, task, roles: tuple[str, ...]) -> None:
+    """The training sections of ``roles`` (the teacher's only when one is trained), and the
+    devices they split over."""
     devices = jax.device_count()
     if not 0 <= config.num_devices <= devices:
         raise ValueError(
@@ -188,7 +196,7 @@ def _check_parts(config: ml_collections.ConfigDict, task) -> None:
         raise ValueError(f"steps_per_call={config.steps_per_call}: must be >= 1")
     mesh = sharding.make_mesh(config.num_devices or None)
     n_train = task.train_size(config.dataset)
-    for part in (TEACHER, "student"):
+    for part in roles:
         c = train_config(config, part)
         if c.batch_size > n_train:
             raise ValueError(
@@ -200,13 +208,17 @@ def _check_parts(config: ml_collections.ConfigDict, task) -> None:
             raise ValueError(f"{part}.{e}, or set num_devices") from None
 
 
-def _check_models(config: ml_collections.ConfigDict, task) -> dict[str, int]:
+def _check_models(
+    config: ml_collections.ConfigDict, task, roles: tuple[str, ...]
+) -> dict[str, int]:
     """Builds the teacher and student abstractly (shapes only, no arrays), so a size that
     cannot be built is refused before any training. Returns the bytes of one member's
     train state, per role."""
     state_bytes = {}
     two_heads = sorted({get_method(m).two_heads for m in config.methods})
     for role, heads in ((TEACHER, [False]), ("student", two_heads)):
+        if role not in roles:
+            continue
         part = config[role]
         keys = ", ".join(f"{role}.{k}={_short_value(part[k])}" for k in task.model_keys)
         for two in heads:
@@ -238,7 +250,8 @@ def _check_memory(config: ml_collections.ConfigDict, task, state_bytes: dict[str
     splits = task.splits(config.dataset, config.seed, task.folds(config.dataset)[0])
     data = sum(x.nbytes + y.nbytes for x, y in splits.values())
     teachers = max(1, config.teacher.folds)
-    states = STATE_COPIES * (teachers * state_bytes[TEACHER] + state_bytes["student"])
+    teacher_bytes = state_bytes.get(TEACHER, 0)  # none when the teacher is given as a file
+    states = STATE_COPIES * (teachers * teacher_bytes + state_bytes["student"])
     per_seed = 2 * data + states
     need = per_seed * config.num_seeds
     have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

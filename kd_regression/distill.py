@@ -144,9 +144,12 @@ class GivenTeacher:
         return self.predictions if index is None else self.predictions[:, index]
 
     def params_digest(self) -> str:
-        """What stands for a trained teacher's parameters: the predictions' bytes."""
+        """What stands for a trained teacher's parameters: the predictions' bytes, and the
+        fold ids' (other folds: other out-of-fold predictions, though equal in value)."""
         h = hashlib.sha256(str(self.predictions.shape).encode())
         h.update(np.ascontiguousarray(self.predictions, np.float32).tobytes())
+        if self.folds is not None:
+            h.update(np.ascontiguousarray(self.folds, np.int64).tobytes())
         return h.hexdigest()[:16]
 
 

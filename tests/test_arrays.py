@@ -1,7 +1,9 @@
 """A user's own data and teacher: the readers, their errors, and the sweep on each form."""
 
 import json
+import logging as std_logging
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -107,9 +109,13 @@ def test_csv_sweep_and_parquet_read_the_same_columns(tmp_path):
     assert csv.target_names == ("t0", "t1")
     config = _config(tmp_path / "data.csv", **{"dataset.inputs": "a,b", "dataset.targets": "t0,t1"})
     config.noise.outliers = ()  # the labels as they are only
+    config.dataset.test_labels_clean = True  # the user says so
     rows = sweep.run(config, str(tmp_path / "w"))
     assert {r["noise"] for r in rows} == {"none"}
     assert {"rmse_t0", "rmse_t1"} <= set(rows[0])
+    summary = (tmp_path / "w" / "summary.md").read_text()
+    assert "on the clean test split" in summary and "as given" not in summary
+    assert "### rmse of output 't1', none" in summary
 
 
 def _build_tfds(data_dir) -> None:
@@ -171,10 +177,11 @@ def _near_clean_teacher(tmp_path, noise_sd=0.01):
     return tmp_path / "data.npz", tmp_path / "teacher.npy"
 
 
-def test_a_near_clean_teacher_file_finds_the_injected_outliers(tmp_path):
+def test_a_near_clean_teacher_file_finds_the_injected_outliers(tmp_path, caplog):
     data, teacher = _near_clean_teacher(tmp_path)
     config = _config(data, **{"teacher.predictions": str(teacher)})
     config.noise.none = ()
+    config.teacher.batch_size = 1000  # no teacher trains, so its batch size is not checked
     rows = sweep.run(config, str(tmp_path / "w"))
     # The file has no test predictions: no teacher row, and no teacher was trained.
     assert "teacher" not in {r["method"] for r in rows}
@@ -183,6 +190,87 @@ def test_a_near_clean_teacher_file_finds_the_injected_outliers(tmp_path):
     )
     tor = [r for r in rows if r["method"] == "tor"]
     assert tor and all(r["precision"] > 0.95 and r["recall"] > 0.9 for r in tor), tor
+    with caplog.at_level(std_logging.INFO):  # a rerun finds the cell done (no teacher row)
+        assert sweep.run(config, str(tmp_path / "w")) == rows
+    assert "in results.jsonl already, skipped" in caplog.text
+    assert "recomputed" not in caplog.text
+    # Files moved, the same bytes: the same data and teacher, the results still stand.
+    shutil.copy(data, tmp_path / "moved.npz")
+    shutil.copy(teacher, tmp_path / "moved.npy")
+    config.dataset.path, config.teacher.predictions = (
+        str(tmp_path / "moved.npz"),
+        str(tmp_path / "moved.npy"),
+    )
+    caplog.clear()
+    with caplog.at_level(std_logging.INFO):
+        assert sweep.run(config, str(tmp_path / "w")) == rows
+    assert "in results.jsonl already, skipped" in caplog.text
+
+
+def test_an_out_of_fold_teacher_file_with_test_predictions_gives_the_teacher_row(tmp_path):
+    """The diabetes route: an .npz of train (out-of-fold), test and a fold id per row."""
+    x, y = _xy(n=200)
+    x_test, y_test = _xy(n=60, seed=1)
+    np.savez(tmp_path / "data.npz", x=x, y=y, x_test=x_test, y_test=y_test)
+    rng = np.random.default_rng(3)
+    test_pred = y_test + rng.normal(0, [3.0, 0.2], y_test.shape).astype(np.float32)
+    folds = np.arange(200) % 4
+    np.savez(tmp_path / "t.npz", train=y + 0.1, test=test_pred, fold=folds)
+    over = {"teacher.predictions": str(tmp_path / "t.npz"), "teacher.fold_key": "fold"}
+    config = _config(tmp_path / "data.npz", **over)
+    config.noise.outliers = ()
+    task = tasks.get_task("arrays", config)
+    given = task.teacher_predictions(config.teacher)
+    np.testing.assert_array_equal(given.folds, folds[task.data().rows["train"]])
+    rows = sweep.run(config, str(tmp_path / "w"))
+    teacher = [r for r in rows if r["method"] == "teacher"]
+    assert len(teacher) == config.num_seeds  # the file's test predictions, for each seed
+    err = test_pred - y_test
+    for r in teacher:
+        assert np.isclose(r["rmse"], np.sqrt(np.mean(err**2)), rtol=1e-5)
+        assert np.isclose(r["rmse_y1"], np.sqrt(np.mean(err[:, 1] ** 2)), rtol=1e-5)
+    summary = (tmp_path / "w" / "summary.md").read_text()
+    assert "Teacher: predictions given in " in summary and "(out-of-fold predictions" in summary
+    assert "## Noise model: none" in summary
+
+
+def test_a_teacher_table_by_columns_with_a_fold_column(tmp_path):
+    x, y = _xy(n=100)
+    _write_csv(tmp_path / "d.csv", {"a": x[:, 0], "b": x[:, 1], "t0": y[:, 0], "t1": y[:, 1]})
+    folds = np.arange(100) % 3
+    _write_csv(tmp_path / "t.csv", {"p0": y[:, 0] + 1, "p1": y[:, 1], "fold": folds})
+    config = _config(
+        tmp_path / "d.csv",
+        **{
+            "dataset.inputs": "a,b",
+            "dataset.targets": "t0,t1",
+            "teacher.predictions": str(tmp_path / "t.csv"),
+            "teacher.columns": "p0,p1",
+            "teacher.fold_key": "fold",
+        },
+    )
+    task = tasks.get_task("arrays", config)
+    given, data = task.teacher_predictions(config.teacher), task.data()
+    rows = data.rows["train"]
+    expected = (np.stack([y[:, 0] + 1, y[:, 1]], 1)[rows] - data.y_mean) / data.y_std
+    np.testing.assert_allclose(given.train, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(given.folds, folds[rows])
+    # The test split was drawn from the table's rows: the teacher's test rows come from it.
+    test_expected = np.stack([y[:, 0] + 1, y[:, 1]], 1)[data.rows["test"]] - data.y_mean
+    np.testing.assert_allclose(given.test, test_expected / data.y_std, rtol=1e-5, atol=1e-6)
+
+
+def test_uint8_vectors_are_standardised_and_uint8_images_scaled(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (80, 3), dtype=np.uint8)
+    np.savez(tmp_path / "v.npz", x=x, y=x[:, :1].astype(np.float32))
+    train = tasks.get_task("arrays", _config(tmp_path / "v.npz")).data().splits["train"][0]
+    np.testing.assert_allclose(train.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(train.std(0), 1, atol=1e-4)
+    images = rng.integers(0, 256, (80, 4, 4, 1), dtype=np.uint8)
+    np.savez(tmp_path / "i.npz", x=images, y=images[:, 0, 0, :].astype(np.float32))
+    data = tasks.get_task("arrays", _config(tmp_path / "i.npz")).data()
+    assert data.image and 0 <= data.splits["train"][0].min() <= data.splits["train"][0].max() <= 1
 
 
 def test_a_changed_teacher_file_is_never_reused(tmp_path):
@@ -271,7 +359,7 @@ def _bad(tmp_path, case: str):
         y[3] = np.inf
         np.savez(npz, x=x, y=y)
         return _config(npz), r"y has NaN or inf at row 3"
-    if case.startswith("teacher"):
+    if case in ("teacher rows", "teacher outputs", "teacher not finite"):
         pred = {"teacher rows": y[:-1], "teacher outputs": y[:, :1], "teacher not finite": y.copy()}
         pred = pred[case]
         if case == "teacher not finite":
@@ -283,6 +371,31 @@ def _bad(tmp_path, case: str):
             "teacher not finite": r"t.npy: train: the array has NaN or inf at row 9",
         }[case]
         return _config(npz, **{"teacher.predictions": str(tmp_path / "t.npy")}), match
+    if case == "npz without x":
+        np.savez(npz, inputs=x, y=y)
+        return _config(npz), r"data.npz: no array x \(arrays: inputs, y\)"
+    if case == "non-numeric array":
+        np.savez(npz, x=x.astype(str), y=y)
+        return _config(npz), r"data.npz: x/y: x has dtype <U\d+; it must be numeric"
+    if case == "teacher file missing":
+        over = {"teacher.predictions": str(tmp_path / "t.npy")}
+        return _config(npz, **over), r"teacher predictions file .*t.npy: no such file"
+    if case == "teacher columns unknown":
+        _write_csv(tmp_path / "t.csv", {"p0": y[:, 0], "p1": y[:, 1]})
+        over = {"teacher.predictions": str(tmp_path / "t.csv"), "teacher.columns": "p0,q1"}
+        return _config(npz, **over), r"t.csv: no column q1 \(columns: p0, p1\); teacher.columns"
+    if case == "teacher folds not integers":
+        np.savez(tmp_path / "t.npz", train=y, fold=np.linspace(0, 1, 100))
+        over = {"teacher.predictions": str(tmp_path / "t.npz"), "teacher.fold_key": "fold"}
+        return _config(npz, **over), r"t.npz: the fold ids must be \[100\] integers"
+    if case == "teacher test array for a drawn test split":
+        np.savez(tmp_path / "t.npz", train=y, test=y[:20])
+        over = {"teacher.predictions": str(tmp_path / "t.npz")}
+        return _config(npz, **over), r"t.npz: has a test array, but the test split is drawn"
+    if case == "teacher folds with a teacher file":
+        np.save(tmp_path / "t.npy", y)
+        over = {"teacher.predictions": str(tmp_path / "t.npy"), "teacher.folds": 3}
+        return _config(npz, **over), r"teacher.folds=3: no teacher is trained when one is given"
     if case == "empty split":
         np.savez(npz, x=x[:3], y=y[:3])
         return _config(npz, **{"dataset.validation_fraction": 0.1}), r"validation split .* is empty"
@@ -297,6 +410,8 @@ BAD_CASES = [
     "missing file",
     "unreadable file",
     "npz without y",
+    "npz without x",
+    "non-numeric array",
     "unknown columns",
     "non-numeric value",
     "row counts differ",
@@ -306,6 +421,11 @@ BAD_CASES = [
     "teacher rows",
     "teacher outputs",
     "teacher not finite",
+    "teacher file missing",
+    "teacher columns unknown",
+    "teacher folds not integers",
+    "teacher test array for a drawn test split",
+    "teacher folds with a teacher file",
     "empty split",
     "fewer rows than the batch size",
 ]

@@ -111,6 +111,12 @@ def test_the_progress_line_counts_cells_and_the_eta_covers_the_cells_left_to_tra
     assert progress.line(0, 10.0) == "cell 1/4 (outliers 0): 10.0 s; ETA for the sweep 10.0 s"
     assert progress.line(1, None, "skipped") == "cell 2/4 (outliers 0.2): skipped"
     assert progress.line(2, 110.0) == "cell 3/4 (outliers 0.4): 1 min 50 s; the sweep's last cell"
+    assert [sweep._duration(s) for s in (59.9, 59.96, 119.7, 3599.8)] == [
+        "59.9 s",
+        "1 min 00 s",
+        "2 min 00 s",
+        "1 h 00 min",
+    ]
     folded = sweep._SweepProgress([Cell("outliers", 0.2, "p01")], {0})
     assert folded.line(0, 4000.0).startswith("cell 1/1 (outliers 0.2, fold p01): 1 h 06 min;")
 

@@ -157,5 +157,35 @@ def test_the_sweep_figure_draws_groups_in_their_own_styles(tmp_path):
     rest = [n for n in names if n not in ("teacher", *baselines)]
     assert {lines[n].get_linestyle() for n in rest} == {"-"}
     assert len({lines[n].get_color() for n in rest}) == len(rest)  # no colour used twice
-    assert axes[0].get_ylabel() == "test RMSE (clean test labels)"
+    assert axes[0].get_ylabel() == "test RMSE\n(clean test labels)"
+    plt.close(drawn[0])
+    one = [r for r in rows if r["level"] == 0.0 and r["noise"] == "outliers"]
+    with mock.patch.object(plt, "close", lambda fig: drawn.append(fig)):
+        report.plot_noise_sweep(one, str(tmp_path / "one.png"))
+    xs = [list(c.lines[0].get_xdata()) for c in drawn[1].axes[0].containers]
+    assert xs == [[i] for i in range(len(names))]  # one level: the methods side by side
+    plt.close(drawn[1])
+
+
+def test_the_fits_figure_names_its_axes(tmp_path):
+    from matplotlib import pyplot as plt
+
+    grid = np.linspace(-1, 1, 5)
+    fits = {
+        "x_train": grid,
+        "y_train": grid,
+        "corrupted": grid > 0.5,
+        "grid": grid,
+        "clean": grid,
+        "teacher": grid,
+        "scratch_l2": grid,
+        "noise": "outliers",
+        "level": 0.3,
+    }
+    drawn = []
+    with mock.patch.object(plt, "close", lambda fig: drawn.append(fig)):
+        report.plot_fits(fits, str(tmp_path / "fits.png"))
+    ax = drawn[0].axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("x (input)", "y (label)")
+    assert ax.get_title() == "fits at outliers level 0.3 (seed 0)"
     plt.close(drawn[0])

@@ -1,14 +1,14 @@
 r"""The whole method on your own data: a file, every method, seeds, results and figures.
 
   python -m experiments.main --config experiments/configs/arrays.py \
-      --config.dataset.path=data.npz --workdir /tmp/mine
+      --config.dataset.path=data.npz --workdir runs/mine
   python -m experiments.main --config experiments/configs/arrays.py \
       --config.dataset.path=data.csv --config.dataset.inputs=a,b,c \
-      --config.dataset.targets=y1,y2 --workdir /tmp/mine
+      --config.dataset.targets=y1,y2 --workdir runs/mine
   python -m experiments.main --config experiments/configs/arrays.py \
       --config.dataset.path=tfds:my_set --config.dataset.data_dir=DIR \
       --config.dataset.inputs=image --config.dataset.targets=angle \
-      --config.dataset.tfds_splits=train,test --workdir /tmp/mine
+      --config.dataset.tfds_splits=train,test --workdir runs/mine
 
 ``.npz``: arrays ``x`` ``[n, ...]`` and ``y`` ``[n]`` or ``[n, k]``, and optionally
 ``x_val``/``y_val`` and ``x_test``/``y_test``; the splits a file lacks are drawn from its
