@@ -158,6 +158,7 @@ def test_tfds_set_sweep_on_images(tmp_path):
     config.teacher.model.stem = config.student.model.stem = 4
     config.noise.outliers = ()
     config.methods = ("tor",)
+    config.num_seeds = 1
     task = tasks.get_task("arrays", config)
     sweep.validate(config)
     assert task.data().image and task.population == "loop"
