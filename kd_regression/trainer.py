@@ -113,6 +113,7 @@ class Trainer:
         self.model_fn = model_fn
         self.tx = optax.adam(config.learning_rate)
         graphdef = train.init_state(model_fn, self.tx, jax.random.key(0))[0]
+        self.graphdef = graphdef  # the model's static structure (an export rebuilds from it)
         fns = (
             train.make_train_step(graphdef, self.tx, self.method, self.loss_config),
             train.make_predict_fn(graphdef),

@@ -16,5 +16,5 @@ def test_readme_python_example_runs():
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             exec(compile(block, "README.md", "exec"), {})
-        for expected in re.findall(r"print\(.*\)\s+# (.*)", block):
+        for expected in re.findall(r"print\(.*\)[ \t]+# (.*)", block):
             assert expected.strip() in out.getvalue(), (expected, out.getvalue())
