@@ -1,11 +1,11 @@
-"""A trained model out of this codebase: serialized StableHLO (``jax.export``), verified.
+"""A trained model out of this codebase: ONNX (``jax2onnx``) or serialized StableHLO
+(``jax.export``), each verified against the JAX model before it is kept.
 
-StableHLO is framework-neutral and versioned: a file written here reloads with
-``jax.export.deserialize`` (any JAX of a compatible calling convention) and runs on the
-platforms it was exported for. The batch dimension is symbolic, so one file serves every
-batch size. The model runs in inference mode: batch norm uses its running averages, no
-dropout (``deterministic=True``). Every export is run back from the file and compared with
-the JAX model before it is kept.
+ONNX runs in onnxruntime and most deployment stacks (phones, edge boxes); StableHLO is
+framework-neutral and versioned, reloaded with ``jax.export.deserialize``. The batch
+dimension is symbolic in both, so one file serves every batch size. The model runs in
+inference mode: batch norm uses its running averages, no dropout
+(``deterministic=True``). ONNX needs the ``export`` extra (jax2onnx, onnxruntime).
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from kd_regression.fileio import atomic_write
 
 __all__ = [
     "ExportError",
+    "export_onnx",
     "export_stablehlo",
     "inference_fn",
+    "load_onnx",
     "load_stablehlo",
     "max_abs_difference",
     "student_inference_fn",
@@ -97,6 +99,77 @@ def export_stablehlo(
         )
     atomic_write(path, lambda f: f.write(blob))
     return diff
+
+
+def export_onnx(
+    fn: Callable[[jax.Array], Heads],
+    input_shape: Sequence[int],
+    path: str,
+    *,
+    name: str,
+    check_inputs: np.ndarray,
+    tolerance: float = 1e-5,
+) -> float:
+    """Writes ``fn`` (``[batch, *input_shape] -> heads``, float32) to ``path`` as ONNX with
+    a symbolic batch (input ``x``, one output per head, by name), and returns the largest
+    absolute difference between onnxruntime (CPU) on the file and ``fn`` on
+    ``check_inputs``. An operation jax2onnx cannot convert, or a difference above
+    ``tolerance``, is an :class:`ExportError` naming ``name``; nothing is written."""
+    try:
+        from jax2onnx import to_onnx
+    except ImportError as e:
+        raise ExportError(
+            f"{name}: ONNX export needs jax2onnx and onnxruntime (pip install "
+            f"'kd_regression[export]'): {e}"
+        ) from e
+    x = np.asarray(check_inputs, np.float32)
+    expected = {k: np.asarray(v) for k, v in fn(jnp.asarray(x)).items()}
+    heads = sorted(expected)
+
+    def flat(inputs):  # ONNX outputs are a list: the heads in a fixed order, named
+        out = fn(inputs)
+        return tuple(out[h] for h in heads)
+
+    try:
+        proto = to_onnx(
+            flat,
+            [(BATCH, *(int(d) for d in input_shape))],
+            model_name=name.replace("/", "_").replace(" ", "_"),
+            input_names=["x"],
+            output_names=heads,
+        )
+    except Exception as e:
+        raise ExportError(f"{name}: cannot be converted to ONNX ({type(e).__name__}: {e})") from e
+    blob = proto.SerializeToString()
+    diff = max_abs_difference(expected, _run(_session(blob), x))
+    if not diff <= tolerance:
+        raise ExportError(
+            f"{name}: the ONNX file run in onnxruntime differs from the JAX model by "
+            f"{diff:.3g} (more than {tolerance:g}) on {len(x)} inputs; not written"
+        )
+    atomic_write(path, lambda f: f.write(blob))
+    return diff
+
+
+def load_onnx(path: str) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """The model in a file of :func:`export_onnx`, in onnxruntime (CPU): ``x -> heads``."""
+    with open(path, "rb") as f:
+        session = _session(f.read())
+    return lambda x: _run(session, x)
+
+
+def _session(blob: bytes):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: jax2onnx's shape hints make it warn
+    return ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+
+
+def _run(session, x) -> dict[str, np.ndarray]:
+    names = [o.name for o in session.get_outputs()]
+    out = session.run(names, {"x": np.asarray(x, np.float32)})
+    return dict(zip(names, out, strict=True))
 
 
 def load_stablehlo(path: str) -> Callable[[jax.Array], Heads]:

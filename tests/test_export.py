@@ -1,5 +1,6 @@
-"""kd_regression.export: each model builder the configs use, exported to StableHLO with a
-symbolic batch, reloaded, and run at batch 1 and 7 against the JAX model."""
+"""kd_regression.export: each model builder the configs use, exported to ONNX (run in
+onnxruntime) and to StableHLO with a symbolic batch, reloaded, and run at batch 1 and 7
+against the JAX model."""
 
 import functools
 import os
@@ -14,12 +15,21 @@ from kd_regression import export, models, train
 
 
 def _trained_like(model_fn, seed=0):
-    """A state whose batch statistics are not the initial ones (as after training)."""
+    """A state as after training: parameters moved off their initial values (the heads
+    start at zero, so an untrained model's output says nothing) and batch statistics
+    that are not the initial ones."""
     graphdef, state = train.init_state(model_fn, optax.adam(1e-3), jax.random.key(seed))
-    leaves, treedef = jax.tree.flatten(state.model_state)
     rng = np.random.default_rng(seed)
-    moved = [jnp.asarray(rng.uniform(0.5, 1.5, np.shape(v)), v.dtype) for v in leaves]
-    return graphdef, state.replace(model_state=jax.tree.unflatten(treedef, moved))
+
+    def moved(path, v):
+        if "var" in jax.tree_util.keystr(path):  # batch norm's running variance
+            return jnp.asarray(rng.uniform(0.5, 1.5, v.shape), v.dtype)
+        return jnp.asarray(v + rng.normal(0, 0.2, v.shape), v.dtype)  # weights, running means
+
+    params, stats = (
+        jax.tree_util.tree_map_with_path(moved, t) for t in (state.params, state.model_state)
+    )
+    return graphdef, state.replace(params=params, model_state=stats)
 
 
 BUILDERS = {
@@ -49,22 +59,30 @@ BUILDERS = {
 }
 
 
+FORMATS = {
+    "stablehlo": (export.export_stablehlo, export.load_stablehlo),
+    "onnx": (export.export_onnx, export.load_onnx),
+}
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
 @pytest.mark.parametrize("name", list(BUILDERS))
-def test_the_exported_model_equals_the_jax_model_at_any_batch(tmp_path, name):
+def test_the_exported_model_equals_the_jax_model_at_any_batch(tmp_path, name, fmt):
     model_fn, shape = BUILDERS[name]
     graphdef, state = _trained_like(model_fn)
     fn = export.inference_fn(graphdef, state)
     rng = np.random.default_rng(1)
-    path = str(tmp_path / "model.stablehlo")
-    diff = export.export_stablehlo(
-        fn, shape, path, name=name, check_inputs=rng.normal(size=(5, *shape))
-    )
+    save, load = FORMATS[fmt]
+    path = str(tmp_path / f"model.{fmt}")
+    diff = save(fn, shape, path, name=name, check_inputs=rng.normal(size=(5, *shape)))
     assert diff <= 1e-5
-    loaded = export.load_stablehlo(path)
+    loaded = load(path)
     for batch in (1, 7):  # one file, any batch size
         x = jnp.asarray(rng.normal(size=(batch, *shape)), jnp.float32)
         expected, got = fn(x), loaded(x)
         assert set(got) == set(expected)
+        if batch > 1:  # outputs that vary by example, so that equal outputs mean something
+            assert all(np.std(np.asarray(v), axis=0).min() > 1e-3 for v in expected.values())
         assert all(got[k].shape == (batch, expected[k].shape[1]) for k in got)
         assert export.max_abs_difference(expected, got) <= 1e-5
     # Inference mode: each example's output uses the running averages, not its batch's.
@@ -73,14 +91,22 @@ def test_the_exported_model_equals_the_jax_model_at_any_batch(tmp_path, name):
     np.testing.assert_allclose(loaded(x[:1])[head], loaded(x)[head][:1], atol=1e-5)
 
 
-def test_an_operation_that_cannot_be_exported_is_named_and_nothing_is_written(tmp_path):
-    def with_callback(x):
+@pytest.mark.parametrize(
+    "fmt,match",
+    [("stablehlo", "cannot be exported to StableHLO"), ("onnx", "cannot be converted to ONNX")],
+)
+def test_an_operation_that_cannot_be_exported_is_named_and_nothing_is_written(tmp_path, fmt, match):
+    def with_callback(x):  # a host callback: no file format can hold it
         y = jax.pure_callback(np.tanh, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
         return {"main": y}
 
-    path = tmp_path / "model.stablehlo"
-    with pytest.raises(export.ExportError, match=r"^student mlp: cannot be exported to "):
-        export.export_stablehlo(
-            with_callback, (3,), str(path), name="student mlp", check_inputs=np.ones((2, 3))
+    save, _ = FORMATS[fmt]
+    with pytest.raises(export.ExportError, match=f"^student mlp: {match} "):
+        save(
+            with_callback,
+            (3,),
+            str(tmp_path / "m"),
+            name="student mlp",
+            check_inputs=np.ones((2, 3)),
         )
     assert os.listdir(tmp_path) == []
