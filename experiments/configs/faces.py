@@ -4,8 +4,8 @@ The sinusoid experiment's pipeline (teacher, store, every method, noise levels, 
 kd_regression.datasets.faces: regress the in-plane rotation of 25×25 face crops; the
 teacher is a small ResNet, the student a MobileNet-like CNN; errors in degrees.
 
-  python -m experiments.main --config experiments/configs/faces.py --workdir /tmp/faces
-  python -m experiments.main --config experiments/configs/faces.py:quick --workdir /tmp/fq
+  python -m experiments.main --config experiments/configs/faces.py --workdir runs/faces
+  python -m experiments.main --config experiments/configs/faces.py:quick --workdir runs/faces_quick
 
 The default run took 891 s of sweep time (15 min) on a 2-core CPU. Expected test error
 (degrees, mean over 3 seeds): clean labels: teacher 10.2, scratch_l2 15.5; outliers

@@ -4,7 +4,7 @@ The sinusoid experiment's pipeline (teacher, store, every method, noise levels, 
 kd_regression.datasets.mpiigaze, run once per test person (15 folds by default). Build
 the dataset once from your copy (see the README), then:
 
-  python -m experiments.main --config experiments/configs/mpiigaze.py --workdir /tmp/gaze \
+  python -m experiments.main --config experiments/configs/mpiigaze.py --workdir runs/gaze \
       --config.dataset.data_dir=DATA [--config.dataset.manual_dir=MANUAL]
 
 With ``manual_dir`` set, a dataset not yet built in ``data_dir`` is built first. The

@@ -4,7 +4,7 @@ The sinusoid experiment's pipeline on kd_regression.datasets.multipie: regress t
 (−90°…+90°) of a face photograph; test subjects 201–346, validation subjects drawn from
 001–200. Build the dataset once from your licensed copy (see the README), then:
 
-  python -m experiments.main --config experiments/configs/multipie.py --workdir /tmp/pie \
+  python -m experiments.main --config experiments/configs/multipie.py --workdir runs/pie \
       --config.dataset.data_dir=DATA [--config.dataset.manual_dir=MANUAL]
 
 The ``:quick`` variant checks the plumbing on a small fake copy (``python tests/fakes.py

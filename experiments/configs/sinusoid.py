@@ -2,7 +2,7 @@ r"""The paper's sinusoid toy experiment: every method at every label-noise level
 
 Run (about 2.5 minutes on a 2-core CPU; 147 s of sweep time measured):
 
-  python -m experiments.main --config experiments/configs/sinusoid.py --workdir /tmp/sinusoid
+  python -m experiments.main --config experiments/configs/sinusoid.py --workdir runs/sinusoid
 
 Expected test RMSE (mean over 5 seeds, clean test labels; full tables in the README):
 outliers p = 0.4: teacher 0.325, scratch_l2 0.348, scratch_huber 0.199, tor 0.225,
@@ -12,7 +12,7 @@ tor_multitask 0.178. With ``--config.teacher.method=scratch_huber`` at p = 0.4: 
 
 Quick variant for tests and laptops (well under a minute):
 
-  python -m experiments.main --config experiments/configs/sinusoid.py:quick --workdir /tmp/q
+  python -m experiments.main --config experiments/configs/sinusoid.py:quick --workdir runs/quick
 
 Any field can be overridden, e.g. ``--config.teacher.method=scratch_huber`` or
 ``--config.noise.outliers='(0.2, 0.4)'``.
