@@ -293,11 +293,7 @@ def _read_predictions(path: str, columns, fold_key: str):
         except Exception as e:
             raise DataError(f"{path}: cannot be read as .npy ({type(e).__name__}: {e})") from e
     if path.endswith(".npz"):
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                found = {k: f[k] for k in f.files}
-        except Exception as e:
-            raise DataError(f"{path}: cannot be read as .npz ({type(e).__name__}: {e})") from e
+        found = arrays.read_npz(path)
         if "train" not in found:
             raise DataError(f"{path}: no array train (arrays: {', '.join(sorted(found))})")
         if fold_key and fold_key not in found:

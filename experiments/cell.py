@@ -233,11 +233,9 @@ def _teacher(ctx: Context, cell: Cell, data, spec: dict, checkpoints: str):
     given = ctx.task.teacher_predictions(config.teacher)
     if given is not None:
         n = config.num_seeds
-        teacher = distill.given_teacher(
+        teacher = distill.given_teacher(  # the same file for every seed (folds broadcast)
             np.broadcast_to(given.train, (n, *given.train.shape)),
-            folds=None
-            if given.folds is None
-            else np.broadcast_to(given.folds, (n, *given.folds.shape)),
+            folds=given.folds,
             seeds=seeds(config),
         )
         test = None if given.test is None else np.broadcast_to(given.test, (n, *given.test.shape))

@@ -99,7 +99,7 @@ def check_same_inputs(workdir: str, inputs: dict) -> None:
 
 
 def finished_cells(
-    workdir: str, config: ml_collections.ConfigDict, task
+    workdir: str, config: ml_collections.ConfigDict, task, inputs: dict
 ) -> dict[tuple, list[dict]]:
     """The cells whose rows are all in ``workdir``'s results.jsonl, by (fold, noise, level).
 
@@ -110,7 +110,7 @@ def finished_cells(
     if not rows:
         return {}
     check_same_config(workdir, config)
-    check_same_inputs(workdir, inputs_of(task, config))
+    check_same_inputs(workdir, inputs)  # inputs_of(task, config)
     given = task.teacher_predictions(config.teacher)
     # A teacher given as a file without test predictions has no row.
     heads = {TEACHER: [models.MAIN_HEAD]} if given is None or given.test is not None else {}

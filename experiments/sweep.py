@@ -98,7 +98,8 @@ def _setup_line(config: ml_collections.ConfigDict, loss_cfg: LossConfig, folds: 
 def _start(config: ml_collections.ConfigDict, workdir: str, task) -> dict:
     """The finished cells (all processes agree on them); stale files of earlier runs go."""
     resume.check_writable(workdir, jax.process_index())
-    done = resume.finished_cells(workdir, config, task)
+    inputs = resume.inputs_of(task, config)
+    done = resume.finished_cells(workdir, config, task, inputs)
     sharding.check_agreement(repr(sorted(done, key=repr)), f"the finished cells in {workdir}")
     if sharding.is_primary():
         resume.remove_temporaries(workdir)
@@ -109,8 +110,8 @@ def _start(config: ml_collections.ConfigDict, workdir: str, task) -> dict:
                 os.remove(os.path.join(workdir, name))
         config_path = os.path.join(workdir, resume.CONFIG_FILE)
         atomic_write_text(config_path, config.to_json_best_effort(indent=2))
-        inputs = json.dumps(resume.inputs_of(task, config), indent=2, sort_keys=True)
-        atomic_write_text(os.path.join(workdir, resume.INPUTS_FILE), inputs + "\n")
+        text = json.dumps(inputs, indent=2, sort_keys=True) + "\n"
+        atomic_write_text(os.path.join(workdir, resume.INPUTS_FILE), text)
     return done
 
 

@@ -73,6 +73,11 @@ def _stacked(single: bool, *arrays):
     return tuple(None if a is None else (np.asarray(a)[None] if single else a) for a in arrays)
 
 
+def _predict_members(predict: Callable[[np.ndarray], np.ndarray], xs) -> np.ndarray:
+    """``predict`` (a model trained elsewhere) on each member's inputs of ``[S, n, ...]``."""
+    return np.stack([np.asarray(predict(member), np.float32) for member in xs])
+
+
 @dataclasses.dataclass
 class Teacher:
     """A trained teacher population, or its ``k`` out-of-fold teachers.
@@ -137,7 +142,7 @@ class GivenTeacher:
                 "predict= to given_teacher for predictions on other inputs"
             )
         (x,) = _stacked(self.single, x)
-        out = np.stack([np.asarray(self.predict_fn(member), np.float32) for member in x])
+        out = _predict_members(self.predict_fn, x)
         return out[0] if self.single else out
 
     def training_predictions(self, index: np.ndarray | None = None) -> np.ndarray:
@@ -172,8 +177,7 @@ def given_teacher(
     if predictions is None:
         if predict is None or x is None:
             raise ValueError("give the teacher's predictions, or predict= and x=")
-        (xs,) = _stacked(single, x)
-        predictions = np.stack([np.asarray(predict(member), np.float32) for member in xs])
+        predictions = _predict_members(predict, *_stacked(single, x))
     else:
         (predictions,) = _stacked(single, np.asarray(predictions, np.float32))
     if predictions.ndim != 3 or predictions.shape[0] != len(seed_list):
@@ -389,7 +393,7 @@ def _teacher_inputs(teacher, x, y, loss_config: LossConfig, single: bool):
     if isinstance(teacher, (Teacher, GivenTeacher)):
         predictions = teacher.training_predictions()
     elif callable(teacher):  # a model trained elsewhere, x -> predictions
-        predictions = np.stack([np.asarray(teacher(member), np.float32) for member in x])
+        predictions = _predict_members(teacher, x)
     else:
         (predictions,) = _stacked(single, teacher)
     per_seed = jax.vmap(lambda y, t: loss_constants(y, t, loss_config))(

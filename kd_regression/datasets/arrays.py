@@ -77,12 +77,17 @@ def file_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def _load_npz(path: str) -> Arrays:
+def read_npz(path: str) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (no pickles); a file that is not one is a DataError."""
     try:
         with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
+            return {k: f[k] for k in f.files}
     except Exception as e:  # a damaged zip, an object array, ...
         raise DataError(f"{path}: cannot be read as an .npz ({type(e).__name__}: {e})") from e
+
+
+def _load_npz(path: str) -> Arrays:
+    arrays = read_npz(path)
     splits = {}
     for split, (xk, yk) in NPZ_KEYS.items():
         given = [k for k in (xk, yk) if k in arrays]
@@ -194,9 +199,10 @@ def table_column(table, name: str, path: str) -> np.ndarray:
     if column.null_count:
         row = int(np.argmax(np.asarray(column.is_null())))
         raise DataError(f"{path}: column {name} is empty at row {row}{_line(path, row)}")
-    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
-        return column.to_numpy(zero_copy_only=False).astype(np.float32)
-    if pa.types.is_boolean(column.type):
+    if any(
+        is_type(column.type)
+        for is_type in (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
+    ):
         return column.to_numpy(zero_copy_only=False).astype(np.float32)
     values = column.to_pylist()
     for row, v in enumerate(values):
