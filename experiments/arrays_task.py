@@ -37,6 +37,7 @@ class Prepared:
     rows: dict[str, np.ndarray | None]  # each split's rows of the source's train rows
     y_mean: np.ndarray  # [k]
     y_std: np.ndarray  # [k]
+    x_scale: tuple[np.ndarray, np.ndarray] | None  # vector inputs' (mean, std) [d]; images None
     names: tuple[str, ...]
     digest: str
     n_source: int  # rows of the source's train split (a teacher file has one per row)
@@ -96,7 +97,9 @@ def _prepare(path, stamp, inputs, targets, data_dir, tfds_splits, seed, fraction
         s: (_inputs(x, x_scale), ((y - y_mean) / y_std).astype(np.float32))
         for s, (x, y) in raw.items()
     }
-    return Prepared(splits, rows, y_mean, y_std, data.target_names, data.digest, len(x_all))
+    return Prepared(
+        splits, rows, y_mean, y_std, x_scale, data.target_names, data.digest, len(x_all)
+    )
 
 
 def _statistics(a: np.ndarray, what: str, constant_ok: bool = False):
@@ -193,6 +196,34 @@ class ArraysTask(tasks.Task):
 
     def to_target(self, labels):
         return np.asarray(labels, np.float32)
+
+    def from_target(self, targets):
+        data = self.data()
+        return (np.asarray(targets, np.float32) * data.y_std + data.y_mean).astype(np.float32)
+
+    def deployment(self, ds):
+        data = self.data(ds)
+        names = ", ".join(data.names)
+        out = {
+            "targets": f"the outputs ({names}) standardised with the training split's "
+            "statistics: (y - target_mean) / target_std",
+            "to_label": "y = target · target_std + target_mean, per output (the file's units)",
+            "target_mean": data.y_mean.tolist(),
+            "target_std": data.y_std.tolist(),
+        }
+        if data.x_scale is None:
+            x = data.splits["train"][0]
+            out["input"] = (
+                f"an image, float32 [batch, {', '.join(map(str, x.shape[1:]))}]: uint8 pixels "
+                "/ 255, other types as they are in the file"
+            )
+        else:
+            out["input"] = (
+                "the input columns standardised with the training split's statistics: "
+                "(x - input_mean) / input_std (a constant column: std 1)"
+            )
+            out["input_mean"], out["input_std"] = (a.tolist() for a in data.x_scale)
+        return out
 
     def model_fn(self, part, two_heads):
         data = self.data()

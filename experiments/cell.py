@@ -29,6 +29,8 @@ from kd_regression import distill, interrupts, losses, models, noise
 from kd_regression.methods import LossConfig, get_method
 from kd_regression.trainer import Trainer
 
+CHECKPOINTS, STORES = "checkpoints", "teacher_store"  # workdir/<this>/<cell name>/...
+
 # Where data are read from, not what they are: left out of the teacher's fingerprint.
 DATA_PATHS = ("data_dir", "manual_dir")
 
@@ -115,10 +117,9 @@ def digest(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def teacher_spec(ctx: Context, cell: Cell) -> dict:
+def teacher_spec(config: ml_collections.ConfigDict, task, cell: Cell) -> dict:
     """Everything the cell's teacher depends on, and nothing else: its checkpoints and its
     store are keyed by it, so a changed config never resumes or reuses them."""
-    config, task = ctx.config, ctx.task
     ignored = (*DATA_PATHS, *task.not_in_fingerprint)
     dataset = {k: v for k, v in config.dataset.to_dict().items() if k not in ignored}
     dataset["version"] = task.version
@@ -140,6 +141,28 @@ def teacher_spec(ctx: Context, cell: Cell) -> dict:
         "teacher": teacher,
         "teacher_loss": teacher_loss,
     }
+
+
+def teacher_checkpoint_dir(checkpoints: str, spec: dict) -> str:
+    """Where a cell's teacher (``spec``: :func:`teacher_spec`) keeps its checkpoints; fold
+    teachers add ``-fold{j}``."""
+    return os.path.join(checkpoints, f"teacher-{digest(spec)}")
+
+
+def student_spec(config: ml_collections.ConfigDict, store_fingerprint: dict, constants) -> dict:
+    """Everything a cell's students depend on besides their method."""
+    return {
+        "teacher_store": store_fingerprint,
+        # The δ and η a student trains with, as read from the store: a store whose
+        # statistics changed (even one edited and re-hashed) never resumes old students.
+        "loss_constants": {k: np.asarray(v).tolist() for k, v in constants.items()},
+        "student": config.student.to_dict(),
+        "loss": config.loss.to_dict(),
+    }
+
+
+def student_checkpoint_dir(checkpoints: str, method: str, spec: dict) -> str:
+    return os.path.join(checkpoints, f"{method}-{digest({**spec, 'method': method})}")
 
 
 def rows(ctx: Context, cell: Cell, method: str, head: str, pred, labels, extra=None) -> list:
@@ -172,12 +195,12 @@ def run_cell(ctx: Context, cell: Cell) -> tuple[list[dict], dict | None]:
     interrupts.check()  # a signal whose exception a library swallowed (TF's import does)
     config, t0 = ctx.config, time.time()
     data = cell_data(config, ctx.task, cell)
-    spec = teacher_spec(ctx, cell)
-    checkpoints = os.path.join(ctx.workdir, "checkpoints", cell.name)
+    spec = teacher_spec(config, ctx.task, cell)
+    checkpoints = os.path.join(ctx.workdir, CHECKPOINTS, cell.name)
     teacher, teacher_test = _teacher(ctx, cell, data, spec, checkpoints)
     store = distill.store_predictions(
         teacher,
-        os.path.join(ctx.workdir, "teacher_store", cell.name),
+        os.path.join(ctx.workdir, STORES, cell.name),
         y=data["y_train"],
         loss_config=ctx.loss_cfg,
         fingerprint=spec,
@@ -192,14 +215,9 @@ def run_cell(ctx: Context, cell: Cell) -> tuple[list[dict], dict | None]:
         out = rows(ctx, cell, TEACHER, models.MAIN_HEAD, teacher_test, data["labels_test"])
     detection = _detection(ctx, cell, data, store.load(), constants)
     fits, grid = _teacher_fits(ctx, cell, data, teacher)
-    student_spec = {
-        "teacher_store": distill.store_fingerprint(teacher, spec, ctx.loss_cfg),
-        # The δ and η a student trains with, as read from the store: a store whose
-        # statistics changed (even one edited and re-hashed) never resumes old students.
-        "loss_constants": {k: np.asarray(v).tolist() for k, v in constants.items()},
-        "student": config.student.to_dict(),
-        "loss": config.loss.to_dict(),
-    }
+    students = student_spec(
+        config, distill.store_fingerprint(teacher, spec, ctx.loss_cfg), constants
+    )
     for name in config.methods:
         t1 = time.time()
         student = distill.train_student(
@@ -211,9 +229,7 @@ def run_cell(ctx: Context, cell: Cell) -> tuple[list[dict], dict | None]:
             seeds=seeds(config),
             inference_head=config.inference_head,
             trainer=ctx.trainers.get("student", name),
-            checkpoint_dir=os.path.join(
-                checkpoints, f"{name}-{digest({**student_spec, 'method': name})}"
-            ),
+            checkpoint_dir=student_checkpoint_dir(checkpoints, name, students),
             writer=ctx.writer,
             name=f"{cell.name}/{name}",
         )
@@ -247,7 +263,7 @@ def _teacher(ctx: Context, cell: Cell, data, spec: dict, checkpoints: str):
         seeds=seeds(config),
         folds=config.teacher.folds,
         trainer=ctx.trainers.get(TEACHER, config.teacher.method),
-        checkpoint_dir=os.path.join(checkpoints, f"teacher-{digest(spec)}"),
+        checkpoint_dir=teacher_checkpoint_dir(checkpoints, spec),
         writer=ctx.writer,
         name=f"{cell.name}/teacher",
     )

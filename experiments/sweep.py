@@ -26,7 +26,7 @@ from kd_regression.fileio import DirectoryLock, DirectoryLockedError, atomic_wri
 from kd_regression.methods import LossConfig
 from kd_regression.metric_window import NonFiniteError
 
-__all__ = ["run", "validate"]
+__all__ = ["ran_as", "run", "validate"]
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -122,6 +122,14 @@ def _cells(config: ml_collections.ConfigDict, folds: list) -> list[Cell]:
         for kind in config.noise
         for level in map(float, config.noise[kind])
     ]
+
+
+def ran_as(config: ml_collections.ConfigDict, cell: Cell) -> Cell:
+    """The cell whose run made ``cell``'s rows (and holds its checkpoints and store): itself,
+    or for level 0 the first level 0 of its fold (the same run under every noise model)."""
+    if cell.level != 0.0:
+        return cell
+    return next(c for c in _cells(config, [cell.fold]) if c.level == 0.0)
 
 
 def _to_run(cells: list[Cell], done: dict) -> set[int]:

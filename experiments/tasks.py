@@ -60,6 +60,17 @@ class Task:
         """A digest of data read from disk (None: the config determines the data)."""
         return None
 
+    def from_target(self, targets: np.ndarray) -> np.ndarray:
+        """A model's outputs ``[..., d]`` as labels ``[..., k]``: the inverse of
+        ``to_target`` (what a deployed model's user computes from its outputs)."""
+        raise NotImplementedError(f"{type(self).__name__}.from_target")
+
+    def deployment(self, ds: ml_collections.ConfigDict) -> dict:
+        """For an exported model's metadata: its ``input`` (the normalisation the task
+        applies before the model), its ``targets`` and ``to_label`` (how to get the label
+        back), as sentences; a task may add arrays (a user's data: the statistics)."""
+        raise NotImplementedError(f"{type(self).__name__}.deployment")
+
     def fits_grid(self, config: ml_collections.ConfigDict, kind: str, level: float):
         """The inputs ``[m, ...]`` on which fits.png draws this cell's models, or None."""
         return None
@@ -117,6 +128,16 @@ class SinusoidTask(Task):
     def to_target(self, labels: np.ndarray) -> np.ndarray:
         return np.asarray(labels, np.float32)
 
+    def from_target(self, targets):
+        return np.asarray(targets, np.float32)
+
+    def deployment(self, ds):
+        return {
+            "input": "x as it is: float32 [batch, 1], drawn from [-1, 1]; no normalisation",
+            "targets": "y, the sinusoid's value (label units)",
+            "to_label": "label = target",
+        }
+
     def model_fn(self, part: ml_collections.ConfigDict, two_heads: bool) -> Callable[..., Any]:
         return functools.partial(models.mlp, 1, list(part.hidden), 1, two_heads=two_heads)
 
@@ -153,6 +174,17 @@ class FacesTask(Task):
 
     def to_target(self, labels: np.ndarray) -> np.ndarray:
         return faces.angle_to_target(labels)
+
+    def from_target(self, targets):
+        return faces.target_to_angle(targets)[..., None].astype(np.float32)
+
+    def deployment(self, ds):
+        return {
+            "input": "a grey face crop, float32 [batch, 25, 25, 1] in [0, 1] (uint8 pixel / "
+            "255), outside the inscribed disc set to 0",
+            "targets": "(sin θ, cos θ) of the roll θ",
+            "to_label": "θ = degrees(atan2(target[0], target[1])), in degrees",
+        }
 
     def model_fn(self, part: ml_collections.ConfigDict, two_heads: bool) -> Callable[..., Any]:
         return image_model(part.model, 1, 2, two_heads)
@@ -269,6 +301,17 @@ class MpiiGazeTask(Task):
     def to_target(self, labels):
         return np.radians(labels).astype(np.float32)
 
+    def from_target(self, targets):
+        return np.degrees(targets).astype(np.float32)
+
+    def deployment(self, ds):
+        return {
+            "input": "a normalized grey eye image, float32 [batch, 36, 60, 1] in [0, 1] "
+            "(uint8 pixel / 255), as MPIIGaze's Data/Normalized files hold them",
+            "targets": "gaze (pitch, yaw) in radians, in the normalized camera frame",
+            "to_label": "(pitch, yaw) in degrees = degrees(target)",
+        }
+
     def model_fn(self, part, two_heads):
         return image_model(part.model, 1, 2, two_heads)
 
@@ -342,6 +385,18 @@ class MultiPieTask(Task):
 
     def to_target(self, labels):
         return (np.asarray(labels, np.float32) / multipie.MAX_YAW).astype(np.float32)
+
+    def from_target(self, targets):
+        return (np.asarray(targets, np.float32) * multipie.MAX_YAW).astype(np.float32)
+
+    def deployment(self, ds):
+        size = ds.image_size
+        return {
+            "input": f"an RGB face crop, float32 [batch, {size}, {size}, 3] in [0, 1] "
+            "(uint8 pixel / 255): the photograph centre-cropped to a square, resized bilinearly",
+            "targets": f"head yaw / {multipie.MAX_YAW:g}",
+            "to_label": f"yaw in degrees = {multipie.MAX_YAW:g} · target",
+        }
 
     def model_fn(self, part, two_heads):
         return image_model(part.model, 3, 1, two_heads)

@@ -10,6 +10,8 @@ inference mode: batch norm uses its running averages, no dropout
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
@@ -28,11 +30,14 @@ __all__ = [
     "load_onnx",
     "load_stablehlo",
     "max_abs_difference",
+    "run_batched",
     "student_inference_fn",
 ]
 
 Heads = Mapping[str, jax.Array]
 BATCH = "batch"  # the symbolic batch dimension's name in the exported signature
+TOLERANCE = 1e-5  # the largest abs difference a kept export may have from the JAX model
+CHECK_BATCH = 256  # check inputs run in batches of this many (a whole test split fits)
 
 
 class ExportError(ValueError):
@@ -70,12 +75,14 @@ def export_stablehlo(
     *,
     name: str,
     check_inputs: np.ndarray,
+    reference: Callable[[jax.Array], Heads] | None = None,
     dtype=jnp.float32,
-    tolerance: float = 1e-5,
+    tolerance: float = TOLERANCE,
 ) -> float:
     """Writes ``fn`` (``[batch, *input_shape] -> heads``) to ``path`` as serialized
     StableHLO with a symbolic batch, and returns the largest absolute difference between
-    the reloaded file and ``fn`` on ``check_inputs`` (``[n, *input_shape]``).
+    the reloaded file and ``reference`` (default ``fn``; e.g. the model as trained, where
+    ``fn`` computes the same in other operations) on ``check_inputs`` (``[n, *input_shape]``).
 
     A function that cannot be exported, or a reloaded file that differs from ``fn`` by
     more than ``tolerance``, is an :class:`ExportError` naming ``name``; nothing is written.
@@ -90,8 +97,8 @@ def export_stablehlo(
             f"{name}: cannot be exported to StableHLO ({type(e).__name__}: {e})"
         ) from e
     reloaded = jax.export.deserialize(blob)
-    x = jnp.asarray(check_inputs, dtype)
-    diff = max_abs_difference(fn(x), reloaded.call(x))
+    x = np.asarray(check_inputs, dtype)
+    diff = max_abs_difference(run_batched(reference or fn, x), run_batched(reloaded.call, x))
     if not diff <= tolerance:  # also catches NaN
         raise ExportError(
             f"{name}: the exported StableHLO differs from the JAX model by {diff:.3g} "
@@ -108,12 +115,13 @@ def export_onnx(
     *,
     name: str,
     check_inputs: np.ndarray,
-    tolerance: float = 1e-5,
+    reference: Callable[[jax.Array], Heads] | None = None,
+    tolerance: float = TOLERANCE,
 ) -> float:
     """Writes ``fn`` (``[batch, *input_shape] -> heads``, float32) to ``path`` as ONNX with
     a symbolic batch (input ``x``, one output per head, by name), and returns the largest
-    absolute difference between onnxruntime (CPU) on the file and ``fn`` on
-    ``check_inputs``. An operation jax2onnx cannot convert, or a difference above
+    absolute difference between onnxruntime (CPU) on the file and ``reference`` (default
+    ``fn``) on ``check_inputs``. An operation jax2onnx cannot convert, or a difference above
     ``tolerance``, is an :class:`ExportError` naming ``name``; nothing is written."""
     try:
         from jax2onnx import to_onnx
@@ -123,7 +131,7 @@ def export_onnx(
             f"'kd_regression[export]'): {e}"
         ) from e
     x = np.asarray(check_inputs, np.float32)
-    expected = {k: np.asarray(v) for k, v in fn(jnp.asarray(x)).items()}
+    expected = run_batched(reference or fn, x)
     heads = sorted(expected)
 
     def flat(inputs):  # ONNX outputs are a list: the heads in a fixed order, named
@@ -131,17 +139,19 @@ def export_onnx(
         return tuple(out[h] for h in heads)
 
     try:
-        proto = to_onnx(
-            flat,
-            [(BATCH, *(int(d) for d in input_shape))],
-            model_name=name.replace("/", "_").replace(" ", "_"),
-            input_names=["x"],
-            output_names=heads,
-        )
+        with _quiet_converter():
+            proto = to_onnx(
+                flat,
+                [(BATCH, *(int(d) for d in input_shape))],
+                model_name=name.replace("/", "_").replace(" ", "_"),
+                input_names=["x"],
+                output_names=heads,
+            )
     except Exception as e:
         raise ExportError(f"{name}: cannot be converted to ONNX ({type(e).__name__}: {e})") from e
     blob = proto.SerializeToString()
-    diff = max_abs_difference(expected, _run(_session(blob), x))
+    session = _session(blob)
+    diff = max_abs_difference(expected, run_batched(lambda b: _run(session, b), x))
     if not diff <= tolerance:
         raise ExportError(
             f"{name}: the ONNX file run in onnxruntime differs from the JAX model by "
@@ -149,6 +159,39 @@ def export_onnx(
         )
     atomic_write(path, lambda f: f.write(blob))
     return diff
+
+
+class _ConverterChatter(logging.Filter):
+    """jax2onnx's and onnx-ir's INFO lines, and the BatchNorm warning of a module whose
+    training-mode attribute is set (the converter always exports inference mode, as we
+    call the model)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        converter = "jax2onnx" in record.pathname or "onnx_ir" in record.pathname
+        if not converter:
+            return True
+        return record.levelno > logging.INFO and "use_running_average=False" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def _quiet_converter():
+    loggers = [logging.getLogger(), logging.getLogger("onnx_ir"), logging.getLogger("jax2onnx")]
+    chatter = _ConverterChatter()
+    handlers = [h for lg in loggers for h in lg.handlers]
+    for h in handlers:
+        h.addFilter(chatter)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(chatter)
+
+
+def run_batched(fn: Callable, x: np.ndarray) -> dict[str, np.ndarray]:
+    """``fn``'s heads on ``x`` (a JAX function or a loaded file), ``CHECK_BATCH`` rows at a
+    time, as NumPy arrays."""
+    parts = [fn(jnp.asarray(x[i : i + CHECK_BATCH])) for i in range(0, len(x), CHECK_BATCH)]
+    return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
 
 
 def load_onnx(path: str) -> Callable[[np.ndarray], dict[str, np.ndarray]]:

@@ -45,6 +45,16 @@ def with_filename(error: OSError, path: str) -> OSError:
         return error
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it: set and put back (at import, one thread)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp makes the temporary 0600; the file it becomes gets a new file's usual mode.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
     """Calls ``write(f)`` on a temporary file beside ``path``, syncs it, renames it over.
 
@@ -59,6 +69,7 @@ def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), _FILE_MODE)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:

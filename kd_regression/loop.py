@@ -35,6 +35,7 @@ __all__ = [
     "StackedBatches",
     "check_intervals",
     "fit",
+    "load_trained",
 ]
 
 Step = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
@@ -349,6 +350,25 @@ def _resume(
     logging.info("%s: resumed from checkpoint at step %d", ckpt.name, step)
     stopping.restore(items["best"], items["aux"], with_best=with_best)
     return step, items["state"]
+
+
+def load_trained(checkpoint_dir: str, template: TrainState, *, name: str):
+    """The model a finished :func:`fit` returned, read back from its ``checkpoint_dir``:
+    ``(step, state, stopped)``, ``state`` shaped like ``template`` (the best state by
+    validation loss; the last one without evaluations). None if there is no usable
+    checkpoint. The latest checkpoint is that of the last step (or the early stop), so
+    a caller checks ``step``/``stopped`` to know the fit had finished."""
+    ckpt = checkpoints.Checkpoints(checkpoint_dir, name=name)
+    try:
+        restored = ckpt.restore(
+            {"state": template, "best": template, "aux": _aux_template(template)}
+        )
+    finally:
+        ckpt.close(failed=False)
+    if restored is None:
+        return None
+    step, items = restored
+    return step, items["best"], bool(items["aux"]["stopped"])
 
 
 def _select_members(mask: np.ndarray, new: Any, old: Any) -> Any:

@@ -73,6 +73,28 @@ def test_npz_sweep_reports_each_output_in_the_files_units(tmp_path):
         arrays.file_digest(str(tmp_path / "data.npz"))
     )
     assert "test labels as given" in (workdir / "summary.md").read_text()
+    _check_loaded_student(str(workdir), tor, tmp_path / "data.npz")
+
+
+def _check_loaded_student(workdir, tor_rows, path):
+    """trained.load's predict is in the file's units: its RMSE against the file's own test
+    rows is the results.jsonl row's; the export's statistics say how to get there."""
+    from experiments import trained
+
+    model = trained.load(workdir, cell="outliers_0.3", method="tor", seed=1)
+    (row,) = [r for r in tor_rows if (r["noise"], r["seed"]) == ("outliers", 1)]
+    x_model, _ = model.test_split()
+    data = model.task.data()
+    source = np.load(path)
+    test_rows = data.rows["test"]  # drawn from the file's rows
+    x_file, y_file = source["x"][test_rows], source["y"][test_rows]
+    np.testing.assert_allclose(x_model, (x_file - data.x_scale[0]) / data.x_scale[1], rtol=1e-5)
+    pred = model.predict(x_model)
+    assert pred.shape == y_file.shape
+    assert np.sqrt(np.mean((pred - y_file) ** 2)) == pytest.approx(row["rmse"], rel=1e-5)
+    deploy = model.task.deployment(model.config.dataset)
+    assert deploy["input_mean"] == pytest.approx(data.x_scale[0].tolist())
+    assert deploy["target_mean"] == pytest.approx(data.y_mean.tolist())
 
 
 def test_metrics_turn_standardised_predictions_into_the_files_units(tmp_path):
@@ -166,6 +188,34 @@ def test_tfds_set_sweep_on_images(tmp_path):
     assert len(task.data().splits["test"][0]) == 16
     rows = sweep.run(config, str(tmp_path / "w"))
     assert {r["method"] for r in rows} == {"teacher", "tor"}
+    _check_image_export(str(tmp_path / "w"), rows)
+
+
+def _check_image_export(workdir, rows):
+    """The image student exported with its depthwise convolutions as grouped convolutions
+    (trained as taps) scores its results.jsonl row in the file's units in onnxruntime."""
+    from experiments import export as export_cli
+    from experiments import trained
+    from kd_regression import export
+
+    (row,) = [r for r in rows if r["method"] == "tor" and r["noise"] == "none"]
+    paths = export_cli.export_model(
+        workdir, cell="none_0", method="tor", seed=0, formats=("onnx",), depthwise="conv"
+    )
+    model = trained.load(workdir, cell="none_0", method="tor", seed=0)
+    x, labels = model.test_split()
+    assert x.shape[1:] == (8, 8, 1) and 0 <= x.min() and x.max() <= 1
+    out = export.load_onnx(paths["onnx"])(x)["main"]
+    assert model.metrics(out, labels)["rmse"] == pytest.approx(row["rmse"], rel=1e-5)
+    data = model.task.data()
+    y_file = labels * data.y_std + data.y_mean  # the file's angles
+    rmse = np.sqrt(np.mean((model.task.from_target(out) - y_file) ** 2))
+    assert rmse == pytest.approx(row["rmse"], rel=1e-5)
+    with open(paths["json"]) as f:
+        meta = json.load(f)
+    assert meta["model"]["depthwise"] == "conv" and "/ 255" in meta["input"]["normalisation"]
+    assert meta["statistics"]["target_std"] == pytest.approx(data.y_std.tolist())
+    assert meta["input"]["shape"] == ["batch", 8, 8, 1]
 
 
 def _near_clean_teacher(tmp_path, noise_sd=0.01):

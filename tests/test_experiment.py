@@ -1,20 +1,28 @@
 """End-to-end: the sinusoid sweep's :quick config, in process and through the CLI."""
 
+import contextlib
+import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from experiments import export as export_cli
 from experiments import report, sweep, validation
+from experiments.cell import Cell
 from experiments.configs import sinusoid as sinusoid_config
+from kd_regression import export
 from kd_regression.datasets import sinusoid
 from kd_regression.methods import METHODS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The tests of one :quick run go to one test worker, so that the run is made once.
+ONE_WORKER = pytest.mark.xdist_group("quick_run")
 REQUIRED = {"method", "head", "noise", "level", "seed", "rmse", "mae"}
 
 
@@ -26,6 +34,7 @@ def quick_run(tmp_path_factory):
     return config, workdir, rows
 
 
+@ONE_WORKER
 def test_writes_every_artifact(quick_run):
     _, workdir, _ = quick_run
     for name in ("results.jsonl", "summary.md", "noise_sweep.png", "fits.png", "config.json"):
@@ -37,6 +46,7 @@ def test_writes_every_artifact(quick_run):
     assert not leftovers
 
 
+@ONE_WORKER
 def test_results_schema_and_coverage(quick_run):
     config, workdir, rows = quick_run
     assert report.load_rows(os.path.join(workdir, "results.jsonl")) == rows
@@ -63,6 +73,7 @@ def test_results_schema_and_coverage(quick_run):
             assert 0 <= row["rejection_rate"] <= 1
 
 
+@ONE_WORKER
 def test_teacher_beats_a_constant_predictor_on_clean_labels(quick_run):
     config, _, rows = quick_run
     test_y = sinusoid.load("test", size=config.dataset.test_size, seed=config.seed).y
@@ -73,6 +84,7 @@ def test_teacher_beats_a_constant_predictor_on_clean_labels(quick_run):
         assert row["rmse"] < 0.8 * constant_rmse, row
 
 
+@ONE_WORKER
 def test_summary_has_a_table_per_noise_model(quick_run):
     config, workdir, _ = quick_run
     with open(os.path.join(workdir, "summary.md"), encoding="utf-8") as f:
@@ -83,6 +95,7 @@ def test_summary_has_a_table_per_noise_model(quick_run):
     assert "tor_multitask (label head)" in text
 
 
+@ONE_WORKER
 def test_same_config_same_numbers(quick_run, tmp_path):
     config, _, rows = quick_run
     config = sinusoid_config.get_config("quick")
@@ -158,6 +171,7 @@ def test_config_exposes_every_loss_option():
     assert set(config.loss) == {f.name for f in dataclasses.fields(LossConfig)}
 
 
+@ONE_WORKER
 def test_seed_rows_are_reproduced_by_a_run_with_that_seed_alone(quick_run, tmp_path):
     _, _, rows = quick_run
     config = sinusoid_config.get_config("quick")
@@ -337,3 +351,166 @@ def test_a_student_that_diverges_stops_the_sweep_and_the_report_says_why(tmp_pat
     assert not (tmp_path / "failure.json").exists()
     assert "stopped early" not in (tmp_path / "summary.md").read_text()
     assert fixed == sweep.run(_small_config(), str(tmp_path / "fresh"))
+
+
+def _clean_test_split(config, seed):
+    ds = config.dataset
+    split = sinusoid.load(
+        "test", size=ds.test_size, seed=seed, amplitude=ds.amplitude, frequency=ds.frequency
+    )
+    return split.x, split.y
+
+
+def _row(rows, method, head, seed, noise="outliers", level=0.3):
+    (row,) = [
+        r
+        for r in rows
+        if (r["method"], r["head"], r["seed"], r["noise"], r["level"])
+        == (method, head, seed, noise, level)
+    ]
+    return row
+
+
+@ONE_WORKER
+def test_exported_student_reproduces_its_results_row(quick_run, capsys):
+    """The CLI end to end: tor_multitask of seed 1 (the population's second member), run in
+    onnxruntime and as reloaded StableHLO on the clean test split, has the RMSE of its
+    results.jsonl row; the JSON says how to use the file."""
+
+    config, workdir, rows = quick_run
+    argv = ["--workdir", workdir, "--cell", "outliers_0.3", "--method", "tor_multitask"]
+    assert export_cli.main([*argv, "--seed", "1"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    stem = os.path.join(workdir, "export", "outliers_0.3", "tor_multitask-seed1")
+    x, y = _clean_test_split(config, seed=1)
+    expected = _row(rows, "tor_multitask", "label", 1)["rmse"]
+    onnx_out = export.load_onnx(stem + ".onnx")(x)
+    hlo_out = export.load_stablehlo(stem + ".stablehlo")(x)
+    assert set(onnx_out) == set(hlo_out) == {"label"}  # the inference head only
+    for out in (onnx_out, hlo_out):
+        rmse = float(np.sqrt(np.mean((np.asarray(out["label"], np.float64) - y) ** 2)))
+        assert rmse == pytest.approx(expected, abs=1e-6)
+    # Seed 0's member is another model: the member index matters.
+    other = _row(rows, "tor_multitask", "label", 0)["rmse"]
+    assert abs(other - expected) > 1e-4
+    with open(stem + ".json") as f:
+        meta = json.load(f)
+    assert meta["input"]["shape"] == ["batch", 1] and meta["input"]["dtype"] == "float32"
+    assert meta["outputs"]["label"]["shape"] == ["batch", 1]
+    assert meta["inference_head"] == "label" and meta["to_label"] == "label = target"
+    assert meta["test"]["label"]["results_jsonl"] == expected
+    assert meta["test"]["label"]["exported_file"] == pytest.approx(expected, abs=1e-6)
+    assert meta["fingerprint"]["teacher_store"]["noise"] == {"kind": "outliers", "level": 0.3}
+    assert meta["model"]["step"] == config.student.num_steps
+    assert 0 <= max(meta["check"]["max_abs_difference"].values()) <= 1e-5
+    leftovers = [n for n in os.listdir(os.path.dirname(stem)) if ".tmp" in n]
+    assert not leftovers
+
+
+@ONE_WORKER
+def test_exported_teacher_and_both_heads(quick_run):
+
+    config, workdir, rows = quick_run
+    paths = export_cli.export_model(
+        workdir, cell="outliers_0.3", method="teacher", seed=0, formats=("onnx",)
+    )
+    assert set(paths) == {"onnx", "json"}
+    x, y = _clean_test_split(config, seed=0)
+    pred = export.load_onnx(paths["onnx"])(x)["main"]
+    rmse = float(np.sqrt(np.mean((np.asarray(pred, np.float64) - y) ** 2)))
+    assert rmse == pytest.approx(_row(rows, "teacher", "main", 0)["rmse"], abs=1e-6)
+    paths = export_cli.export_model(
+        workdir,
+        cell="outliers_0.3",
+        method="tor_multitask",
+        seed=0,
+        head="all",
+        formats=("stablehlo",),
+    )
+    out = export.load_stablehlo(paths["stablehlo"])(x)
+    for head in ("label", "teacher"):
+        rmse = float(np.sqrt(np.mean((np.asarray(out[head], np.float64) - y) ** 2)))
+        assert rmse == pytest.approx(_row(rows, "tor_multitask", head, 0)["rmse"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--cell", "outliers_0.5", "--method", "tor", "--seed", "0"], "outliers_0, outliers_0.3"),
+        (["--cell", "outliers_0.3", "--method", "tr", "--seed", "0"], "scratch_l2, teacher, tor"),
+        (["--cell", "outliers_0.3", "--method", "tor", "--seed", "7"], "seed 7 of tor: 0, 1"),
+        (
+            ["--cell", "outliers_0.3", "--method", "tor", "--seed", "0", "--head", "label"],
+            "tor has the head(s) main",
+        ),
+        (
+            ["--cell", "outliers_0.3", "--method", "tor", "--seed", "0", "--format", "tflite"],
+            "format tflite",
+        ),
+    ],
+)
+@ONE_WORKER
+def test_a_bad_export_request_names_what_exists_and_writes_nothing(quick_run, capsys, args, named):
+
+    _, workdir, _ = quick_run
+    before = sorted(os.walk(workdir))
+    assert export_cli.main(["--workdir", workdir, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("export: ") and named in err, err
+    assert sorted(os.walk(workdir)) == before
+
+
+@ONE_WORKER
+def test_an_unfinished_cell_is_not_exported(quick_run, tmp_path, capsys):
+    """A cell whose rows are not (all) in results.jsonl did not finish: refused, naming the
+    finished ones, though its checkpoints are there."""
+
+    _, workdir, rows = quick_run
+    copy = tmp_path / "w"
+    os.makedirs(copy)
+    for name in ("config.json", "inputs.json"):
+        with open(os.path.join(workdir, name)) as f, open(copy / name, "w") as g:
+            g.write(f.read())
+    with open(copy / "results.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows if r["level"] != 0.3)
+    os.symlink(os.path.join(workdir, "checkpoints"), copy / "checkpoints")
+    argv = ["--workdir", str(copy), "--cell", "outliers_0.3", "--method", "tor", "--seed", "0"]
+    assert export_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no finished cell 'outliers_0.3'" in err and "gaussian_0.2, outliers_0" in err
+    assert not os.path.exists(copy / "export")
+
+
+def test_level_0_of_every_noise_model_is_the_run_of_the_first():
+
+    config = sinusoid_config.get_config()
+    first, second = list(config.noise)  # in the order the sweep runs them
+    assert sweep.ran_as(config, Cell(second, 0.0)) == Cell(first, 0.0)
+    assert sweep.ran_as(config, Cell(first, 0.0)) == Cell(first, 0.0)
+    assert sweep.ran_as(config, Cell(second, 0.2)) == Cell(second, 0.2)
+
+
+@ONE_WORKER
+def test_readme_onnxruntime_snippet_runs_on_an_exported_student(quick_run):
+    """The README's "Deploy the student" snippet, on this workdir's export of the command
+    the README gives."""
+
+    from test_readme import AFTER_EXPORT
+
+    _, workdir, _ = quick_run
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    command = re.search(r"python -m experiments\.export (.*?)#", readme, flags=re.S).group(1)
+    argv = command.replace("\\\n", " ").split()
+    argv[argv.index("--workdir") + 1] = workdir
+    assert export_cli.main(argv) == 0
+    (block,) = [
+        b
+        for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+        if b.startswith(AFTER_EXPORT)
+    ]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(block.replace("workdir/sinusoid", workdir), "README.md", "exec"), {})
+    for expected in re.findall(r"print\(.*\)[ \t]+# (.*)", block):
+        assert expected.strip() in out.getvalue(), (expected, out.getvalue())

@@ -110,3 +110,33 @@ def test_an_operation_that_cannot_be_exported_is_named_and_nothing_is_written(tm
             check_inputs=np.ones((2, 3)),
         )
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_a_student_trained_as_taps_exports_as_grouped_convolutions(tmp_path, fmt, caplog):
+    """The same parameters in the other depthwise form are checked against the model as
+    trained (``reference``); a function that differs from its reference is refused. The
+    converter's chatter (its INFO lines, the BatchNorm mode warning) is not logged."""
+    make = functools.partial(models.image_regressor, "mobilenet", 1, (8, 16), 2, stem=8)
+    graphdef, state = _trained_like(make)  # taps, as the sweep trains on a CPU
+    conv_make = functools.partial(make, depthwise="conv")
+    as_conv = train.init_state(conv_make, optax.adam(1e-3), jax.random.key(0))[0]  # graph only
+    trained, conv = export.inference_fn(graphdef, state), export.inference_fn(as_conv, state)
+    x = np.random.default_rng(2).normal(size=(6, 12, 12, 1))
+    save, load = FORMATS[fmt]
+    path = str(tmp_path / f"m.{fmt}")
+    with caplog.at_level("INFO"):
+        assert save(conv, (12, 12, 1), path, name="m", check_inputs=x, reference=trained) <= 1e-5
+    assert not [r for r in caplog.records if "use_running_average" in r.getMessage()]
+    np.testing.assert_allclose(load(path)(x)["main"], trained(jnp.asarray(x))["main"], atol=1e-5)
+    shifted = lambda v: {"main": conv(v)["main"] + 1e-3}  # noqa: E731
+    with pytest.raises(export.ExportError, match="differs from the JAX model"):
+        save(
+            shifted,
+            (12, 12, 1),
+            str(tmp_path / f"n.{fmt}"),
+            name="n",
+            check_inputs=x,
+            reference=trained,
+        )
+    assert not os.path.exists(tmp_path / f"n.{fmt}")

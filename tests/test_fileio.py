@@ -24,6 +24,16 @@ def test_atomic_write_replaces(tmp_path):
     assert os.listdir(tmp_path) == ["a.txt"]
 
 
+def test_a_written_file_has_a_new_files_mode_not_the_temporarys(tmp_path):
+    """mkstemp's temporary is 0600; results, summaries and exports must be readable as any
+    file the user's umask allows."""
+    path = tmp_path / "f.txt"
+    fileio.atomic_write_text(str(path), "x")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert (path.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777)
+
+
 def test_failed_write_keeps_old_file_and_leaves_no_temporary(tmp_path):
     path = tmp_path / "a.txt"
     fileio.atomic_write_text(str(path), "old")

@@ -1,6 +1,7 @@
 """experiments.tasks and the sweep's per-seed loop for CNNs."""
 
 import numpy as np
+import pytest
 
 from experiments import sweep, tasks
 from experiments.configs import faces as faces_config
@@ -25,3 +26,43 @@ def test_faces_quick_sweep_end_to_end(tmp_path):
         assert np.isfinite(row["rmse"]) and 0 <= row["mae"] <= row["rmse"] <= 180, row
     assert (tmp_path / "summary.md").exists() and (tmp_path / "noise_sweep.png").exists()
     assert not (tmp_path / "fits.png").exists()  # faces draw no fits
+    _check_exported_faces_models(str(tmp_path), rows)
+
+
+def test_from_target_inverts_to_target_for_every_task():
+    """The label a deployed model's user recovers (from_target) is the label it was trained
+    on; and deployment() says how, for each task."""
+    from experiments.configs import mpiigaze, multipie, sinusoid
+
+    labels = {
+        "sinusoid": np.array([[-0.3], [0.0], [0.25]], np.float32),
+        "faces": np.array([[-59.0], [0.0], [33.5]], np.float32),
+        "mpiigaze": np.array([[-20.0, 10.0], [5.0, -30.0]], np.float32),
+        "multipie": np.array([[-90.0], [15.0], [90.0]], np.float32),
+    }
+    configs = {"sinusoid": sinusoid, "faces": faces_config, "mpiigaze": mpiigaze}
+    configs["multipie"] = multipie
+    for name, y in labels.items():
+        task = tasks.get_task(name)
+        np.testing.assert_allclose(task.from_target(task.to_target(y)), y, atol=1e-4)
+        said = task.deployment(configs[name].get_config().dataset)
+        assert {"input", "targets", "to_label"} <= set(said), name
+
+
+def _check_exported_faces_models(workdir, rows):
+    """A faces workdir's ResNet teacher and MobileNet-like student (depthwise as grouped
+    convolutions, trained as taps) exported to ONNX score their rows' errors in degrees."""
+    from experiments import export as export_cli
+    from experiments import trained
+    from kd_regression import export
+
+    for method, head in (("teacher", "main"), ("tor_multitask", "label")):
+        (row,) = [r for r in rows if (r["method"], r["head"], r["seed"]) == (method, head, 0)]
+        paths = export_cli.export_model(
+            workdir, cell="outliers_0.3", method=method, seed=0, formats=("onnx",)
+        )
+        model = trained.load(workdir, cell="outliers_0.3", method=method, seed=0)
+        x, labels = model.test_split()
+        out = export.load_onnx(paths["onnx"])(x)[head]
+        err = np.abs((model.task.from_target(out)[:, 0] - labels[:, 0] + 180) % 360 - 180)
+        assert np.sqrt(np.mean(err**2)) == pytest.approx(row["rmse"], rel=1e-4)
