@@ -115,6 +115,17 @@ def measure(task: str, role: str, directory: str, depthwise: str | None = None) 
     }
 
 
+def call_floor(directory: str) -> float:
+    """Median ms of ``session.run`` on a one-operation model: the fixed cost of a call."""
+    path = os.path.join(directory, "floor.onnx")
+    x = np.zeros((1, *INPUTS["faces"]), np.float32)
+    export.export_onnx(
+        lambda v: {"y": v + 1.0}, INPUTS["faces"], path, name="floor", check_inputs=x
+    )
+    session = _ort_session(path)
+    return 1e3 * float(np.median(_times(lambda: session.run(["y"], {"x": x}), _CALLS.value)))
+
+
 def test_errors(workdir: str, cell: str) -> dict[str, float]:
     """Teacher and student test error (the task's metric, mean over seeds) in ``cell``."""
     with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
@@ -190,8 +201,14 @@ def main(argv):
                 row[label]["error"] = errors.get("student")
             results[task] = row
             print(f"{task}: measured ({time.time() - t0:.0f} s)", flush=True)
+        floor = call_floor(directory)
     print()
     print(table(results))
+    print()
+    print(
+        f"onnxruntime's floor per call at batch 1 (a one-Add model of a faces-sized input, "
+        f"the same Python call): p50 {floor:.4f} ms"
+    )
     print()
     print(
         f"onnxruntime {_ort_version()}, CPU, 1 thread; JAX {jax.__version__} on "

@@ -54,8 +54,8 @@ def export_model(
 
     ``head``: the output head to keep (default: the inference head; ``"all"``: every
     head). ``depthwise``: how an image student's depthwise convolutions are written
-    (``"conv"``: one grouped convolution each, which onnxruntime runs about 3× faster on
-    a CPU, see docs/export.md; ``"taps"``: shifted multiply-adds, as the sweep trains them
+    (``"conv"``: one grouped convolution each, which onnxruntime runs 5-20× faster on a
+    CPU, see docs/export.md; ``"taps"``: shifted multiply-adds, as the sweep trains them
     on a CPU; the same parameters and function, and each file is checked against the
     model as trained). Raises
     :class:`experiments.trained.LoadError` (or ``ValueError``) for a request the workdir

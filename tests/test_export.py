@@ -39,6 +39,14 @@ BUILDERS = {
         functools.partial(models.image_regressor, "resnet", 1, (8, 16), 2, stem=8),
         (12, 12, 1),
     ),
+    # MPIIGaze's and Multi-PIE's teachers have two blocks per stage: jax2onnx 0.17's
+    # transpose-pair pass makes a file onnxruntime refuses (the export falls back).
+    "resnet, two blocks per stage": (
+        functools.partial(
+            models.image_regressor, "resnet", 1, (8, 16), 2, stem=8, blocks_per_stage=2
+        ),
+        (12, 12, 1),
+    ),
     "mobilenet taps": (
         functools.partial(models.image_regressor, "mobilenet", 1, (8, 16), 2, stem=8),
         (12, 12, 1),
@@ -140,3 +148,43 @@ def test_a_student_trained_as_taps_exports_as_grouped_convolutions(tmp_path, fmt
             reference=trained,
         )
     assert not os.path.exists(tmp_path / f"n.{fmt}")
+
+
+def test_a_file_onnxruntime_refuses_is_converted_again_without_the_fallback_passes(
+    tmp_path, monkeypatch, caplog
+):
+    """The first file refused (as jax2onnx's transpose-pair pass makes for a ResNet with two
+    blocks per stage): converted again without that pass, said in a warning, kept once it
+    matches; refused both times: an ExportError naming both problems, nothing written."""
+    model_fn, shape = BUILDERS["two-head mlp"]
+    fn = export.inference_fn(*_trained_like(model_fn))
+    x = np.random.default_rng(3).normal(size=(4, *shape))
+    real, calls = export._session, []
+
+    def refuse_first(blob):
+        calls.append(len(blob))
+        if len(calls) == 1:
+            raise RuntimeError("inconsistent shapes")
+        return real(blob)
+
+    monkeypatch.setattr(export, "_session", refuse_first)
+    with caplog.at_level("WARNING"):
+        assert (
+            export.export_onnx(fn, shape, str(tmp_path / "a.onnx"), name="a", check_inputs=x)
+            <= 1e-5
+        )
+    assert len(calls) == 2
+    assert any("remove_redundant_transpose_pairs" in r.getMessage() for r in caplog.records)
+    np.testing.assert_allclose(
+        export.load_onnx(str(tmp_path / "a.onnx"))(x)["label"],
+        fn(jnp.asarray(x))["label"],
+        atol=1e-5,
+    )
+
+    def refuse(blob):
+        raise RuntimeError("inconsistent shapes")
+
+    monkeypatch.setattr(export, "_session", refuse)
+    with pytest.raises(export.ExportError, match=r"does not load in onnxruntime.*without"):
+        export.export_onnx(fn, shape, str(tmp_path / "b.onnx"), name="b", check_inputs=x)
+    assert sorted(os.listdir(tmp_path)) == ["a.onnx"]
