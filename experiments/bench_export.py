@@ -34,6 +34,7 @@ from flax import nnx
 
 from experiments import report, tasks
 from experiments.configs import faces, mpiigaze, multipie, sinusoid
+from experiments.validation import cell_name
 from kd_regression import export, models
 
 _TASKS = flags.DEFINE_list("tasks", ["sinusoid", "faces", "mpiigaze", "multipie"], "Tasks.")
@@ -127,7 +128,8 @@ def call_floor(directory: str) -> float:
 
 
 def test_errors(workdir: str, cell: str) -> dict[str, float]:
-    """Teacher and student test error (the task's metric, mean over seeds) in ``cell``."""
+    """Teacher and student test error (the task's metric, mean over seeds and folds) in
+    ``cell`` (a name without its fold, e.g. ``outliers_0.2``)."""
     with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
         metric = tasks.get_task(json.load(f)["dataset"]["name"]).metric[0]
     rows = report.load_rows(os.path.join(workdir, "results.jsonl"))
@@ -139,7 +141,7 @@ def test_errors(workdir: str, cell: str) -> dict[str, float]:
         picked = [
             r[metric]
             for r in rows
-            if f"{r['noise']}_{float(r['level']):g}" == cell
+            if cell_name(r["noise"], float(r["level"])) == cell  # all folds of it, if any
             and (r["method"], r["head"]) == (method, head)
         ]
         out[role] = float(np.mean(picked)) if picked else None

@@ -12,15 +12,19 @@ in results.jsonl and the same metric of the exported file.
 
 Exit status: 0 written; 2 a request the workdir cannot serve (no such cell, method or
 seed, an unfinished fit: the message lists what exists), nothing written; 1 an export
-that failed (an operation the converter does not support, a mismatch), nothing written.
+that failed (an operation the converter does not support, a mismatch, a damaged store or
+a full disk), nothing written: the files are staged and renamed into place at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 
 from experiments import trained
 from experiments.validation import ConfigError
@@ -71,24 +75,54 @@ def export_model(
     reference = _only(model.fn, heads)  # the model as trained
     fn = _only(model.function(depthwise), heads)
     stem = os.path.join(model.workdir, EXPORT_DIR, cell, f"{method}-seed{seed}")
-    os.makedirs(os.path.dirname(stem), exist_ok=True)
-    name = f"{cell}/{method}-seed{seed}"
+    directory = os.path.dirname(stem)
+    os.makedirs(directory, exist_ok=True)
+    # Everything is written in a temporary directory beside the files and renamed into
+    # place at the end: a failure leaves the previous export, if any, as it was.
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(stem)}.tmp", dir=directory)
+    try:
+        staged = _stage(
+            model,
+            f"{cell}/{method}-seed{seed}",
+            fn,
+            reference,
+            heads,
+            x,
+            labels,
+            formats,
+            depthwise,
+            staging,
+        )
+        paths = {}
+        for fmt in (*FORMATS, "json"):  # another format of an earlier export goes
+            path = f"{stem}.{fmt}"
+            if fmt in staged:
+                os.replace(staged[fmt], path)
+                paths[fmt] = path
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return paths
+
+
+def _stage(model, name, fn, reference, heads, x, labels, formats, depthwise, staging):
+    """Each format checked and written in ``staging``, then the JSON: ``{fmt: path}``."""
     paths, checks = {}, {}
     for fmt in formats:  # each is checked on the test split before it is written
-        path = f"{stem}.{fmt}"
+        paths[fmt] = os.path.join(staging, f"model.{fmt}")
         write = export.export_onnx if fmt == "onnx" else export.export_stablehlo
-        checks[fmt] = write(fn, x.shape[1:], path, name=name, check_inputs=x, reference=reference)
-        paths[fmt] = path
+        checks[fmt] = write(
+            fn, x.shape[1:], paths[fmt], name=name, check_inputs=x, reference=reference
+        )
     # The exported file's own test metric: what a user of the file gets.
-    runner = (
-        export.load_onnx(paths["onnx"])
-        if "onnx" in paths
-        else export.load_stablehlo(paths["stablehlo"])
-    )
+    first = formats[0]
+    runner = (export.load_onnx if first == "onnx" else export.load_stablehlo)(paths[first])
     outputs = export.run_batched(runner, x)
-    meta = _metadata(model, heads, x, paths, checks, outputs, labels)
-    meta["model"]["depthwise"] = depthwise if model.is_image else None
-    paths["json"] = f"{stem}.json"
+    meta = _metadata(model, heads, x, formats, checks, outputs, labels)
+    meta["model"]["depthwise"] = depthwise if model.has_depthwise else None
+    paths["json"] = os.path.join(staging, "model.json")
     atomic_write_text(paths["json"], json.dumps(meta, indent=2) + "\n")
     return paths
 
@@ -106,10 +140,14 @@ def _heads(model: trained.Trained, head: str | None) -> list[str]:
 
 
 def _only(fn, heads: list[str]):
-    return lambda x: {h: fn(x)[h] for h in heads}
+    def only(x):
+        out = fn(x)  # the model once, whatever the heads kept
+        return {h: out[h] for h in heads}
+
+    return only
 
 
-def _metadata(model, heads, x, paths, checks, outputs, labels) -> dict:
+def _metadata(model, heads, x, formats, checks, outputs, labels) -> dict:
     """What the JSON beside the files says (see the module's docstring)."""
     deploy = model.task.deployment(model.config.dataset)
     dims = ["batch", *map(int, x.shape[1:])]
@@ -134,7 +172,7 @@ def _metadata(model, heads, x, paths, checks, outputs, labels) -> dict:
             "checkpoint": os.path.relpath(model.checkpoint_dir, model.workdir),
             "step": model.step,
         },
-        "files": {fmt: os.path.basename(p) for fmt, p in paths.items()},
+        "files": {fmt: f"{model.method}-seed{model.seed}.{fmt}" for fmt in (*formats, "json")},
         "input": {
             "name": "x",
             "shape": dims,
@@ -148,11 +186,11 @@ def _metadata(model, heads, x, paths, checks, outputs, labels) -> dict:
             }
             for h in heads
         },
-        "inference_head": model.inference_head,
+        "heads": heads,
+        # The head to use, if this file has it (None: --head kept only the other one).
+        "inference_head": model.inference_head if model.inference_head in heads else None,
         "to_label": deploy["to_label"],
-        "statistics": {
-            k: v for k, v in deploy.items() if k not in ("input", "targets", "to_label")
-        },
+        "statistics": {k: v for k, v in deploy.items() if k not in SENTENCES},
         "fingerprint": {"method": model.method, "seed": model.seed, **model.fingerprint},
         "test": scored,
         "check": {
@@ -193,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             formats=formats,
             depthwise=args.depthwise,
         )
-    except export.ExportError as e:
-        print(f"export failed: {e}", file=sys.stderr)
+    except (export.ExportError, OSError) as e:  # OSError: a damaged store, a full disk
+        print(f"export failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     except (trained.LoadError, ConfigError, ValueError) as e:
         print(f"export: {e}", file=sys.stderr)

@@ -26,7 +26,7 @@ from kd_regression.fileio import DirectoryLock, DirectoryLockedError, atomic_wri
 from kd_regression.methods import LossConfig
 from kd_regression.metric_window import NonFiniteError
 
-__all__ = ["ran_as", "run", "validate"]
+__all__ = ["cells", "ran_as", "run", "validate"]
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -115,7 +115,8 @@ def _start(config: ml_collections.ConfigDict, workdir: str, task) -> dict:
     return done
 
 
-def _cells(config: ml_collections.ConfigDict, folds: list) -> list[Cell]:
+def cells(config: ml_collections.ConfigDict, folds: list) -> list[Cell]:
+    """Every cell of the sweep, in the order it runs them."""
     return [
         Cell(kind, level, fold)
         for fold in folds
@@ -129,7 +130,7 @@ def ran_as(config: ml_collections.ConfigDict, cell: Cell) -> Cell:
     or for level 0 the first level 0 of its fold (the same run under every noise model)."""
     if cell.level != 0.0:
         return cell
-    return next(c for c in _cells(config, [cell.fold]) if c.level == 0.0)
+    return next(c for c in cells(config, [cell.fold]) if c.level == 0.0)
 
 
 def _to_run(cells: list[Cell], done: dict) -> set[int]:
@@ -193,10 +194,10 @@ def _run_locked(config: ml_collections.ConfigDict, loss_cfg: LossConfig, workdir
     test_labels = _test_labels(task, config)
     wording = {"metric": task.metric, "quick": config.quick, "test_labels": test_labels}
     setup, t0 = _setup_line(config, loss_cfg, folds), time.time()
-    cells = _cells(config, folds)
-    progress = _SweepProgress(cells, _to_run(cells, done))
+    every = cells(config, folds)
+    progress = _SweepProgress(every, _to_run(every, done))
     try:
-        for i, cell in enumerate(cells):
+        for i, cell in enumerate(every):
             finished = done.get((cell.fold, cell.kind, cell.level))
             cell_fits = None
             if finished is not None:

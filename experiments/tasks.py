@@ -61,8 +61,10 @@ class Task:
         return None
 
     def from_target(self, targets: np.ndarray) -> np.ndarray:
-        """A model's outputs ``[..., d]`` as labels ``[..., k]``: the inverse of
-        ``to_target`` (what a deployed model's user computes from its outputs)."""
+        """A model's outputs ``[..., d]`` as labels ``[..., k]`` in the units a user reads
+        them, what a deployed model's user computes from its outputs: the inverse of
+        ``to_target`` (a user's file: the file's units, its label space being the
+        standardised labels)."""
         raise NotImplementedError(f"{type(self).__name__}.from_target")
 
     def deployment(self, ds: ml_collections.ConfigDict) -> dict:

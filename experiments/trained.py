@@ -55,6 +55,7 @@ class Trained:
 
     workdir: str
     cell: str  # as given (a level 0 of any noise model is the same run)
+    fold: int | None
     method: str  # "teacher" for the cell's teacher
     seed: int
     config: ml_collections.ConfigDict
@@ -65,26 +66,32 @@ class Trained:
     inference_head: str
     checkpoint_dir: str
     step: int
-    parameters: int  # of one member
+    parameters: int  # of one member (fold teachers: all of them)
     rows: dict[str, dict]  # head -> its results.jsonl row
     fingerprint: dict  # what it was trained from: the teacher store's fingerprint, its checkpoint
 
     @property
-    def is_image(self) -> bool:
-        """Whether the model is an image CNN (``depthwise`` applies)."""
-        return getattr(self.model_fn, "func", None) is models.image_regressor
+    def has_depthwise(self) -> bool:
+        """Whether the model has depthwise convolutions (the MobileNet-like student), so
+        that ``depthwise`` applies."""
+        make = self.model_fn
+        return getattr(make, "func", None) is models.image_regressor and make.args[0] == "mobilenet"
 
-    @property
+    @functools.cached_property
     def fn(self) -> Callable[[jax.Array], dict[str, jax.Array]]:
         """``x -> every head`` in target units, as trained."""
         return self.function()
+
+    @functools.cached_property
+    def _jitted(self) -> Callable:
+        return jax.jit(self.fn)
 
     def function(self, depthwise: str | None = None) -> Callable:
         """``x -> every head``; ``depthwise`` (image models): run depthwise convolutions as
         ``"conv"`` (one grouped convolution) or ``"taps"`` (shifted multiply-adds, the
         default on XLA's CPU) instead of as trained; the same parameters and function."""
         make = self.model_fn
-        if depthwise is not None and self.is_image:
+        if depthwise is not None and self.has_depthwise:
             make = functools.partial(make, depthwise=depthwise)
         graphdef = nnx.graphdef(nnx.eval_shape(lambda: make(rngs=nnx.Rngs(0))))
         fns = [export.inference_fn(graphdef, s) for s in self.states]
@@ -95,17 +102,18 @@ class Trained:
         return lambda x: {head: jnp.mean(jnp.stack([f(x)[head] for f in fns]), axis=0)}
 
     def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Every head's output on ``x`` ``[n, ...]``, in target units."""
-        return {k: np.asarray(v) for k, v in self.fn(jnp.asarray(x, jnp.float32)).items()}
+        """Every head's output on ``x`` ``[n, ...]``, in target units (jitted, in batches)."""
+        return export.run_batched(self._jitted, np.asarray(x, np.float32))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The inference head's prediction on ``x``, in label units (e.g. degrees)."""
         return self.task.from_target(self.outputs(x)[self.inference_head])
 
     def test_split(self) -> tuple[np.ndarray, np.ndarray]:
-        """The test inputs (as the model takes them) and clean labels it was scored on."""
-        _, _, fold = _parse_cell(self.cell)
-        x, labels = self.task.splits(self.config.dataset, self.seed, fold)["test"]
+        """The test inputs (as the model takes them) and the labels it was scored on, in
+        the task's label space, as :meth:`metrics` takes them (a user's file: standardised,
+        while :meth:`predict` gives the file's units)."""
+        x, labels = self.task.splits(self.config.dataset, self.seed, self.fold)["test"]
         return np.asarray(x, np.float32), np.asarray(labels)
 
     def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -125,27 +133,27 @@ def load(workdir: str, *, cell: str, method: str, seed: int) -> Trained:
     rows = _rows(workdir, cell, method, seed)
     task = tasks.get_task(config.dataset.name, config)
     loss_cfg = validate(config)
-    resume.check_same_inputs(workdir, resume.inputs_of(task, config))
-    kind, level, fold = _parse_cell(cell)
-    ran = sweep.ran_as(config, cells.Cell(kind, level, fold))  # level 0 runs once per fold
+    _check_inputs(workdir, task, config)
+    # The cell by its name, as the sweep names it (a level printed with :g is not parsed back).
+    named = next(c for c in sweep.cells(config, task.folds(config.dataset)) if c.name == cell)
+    ran = sweep.ran_as(config, named)  # level 0 runs once per fold
     checkpoints = os.path.join(workdir, cells.CHECKPOINTS, ran.name)
     store = _store(os.path.join(workdir, cells.STORES, ran.name))
-    constants = distill.store_constants(store, loss_cfg)
     if method == TEACHER:
-        if task.teacher_predictions(config.teacher) is not None:
+        if config.teacher.get("predictions"):
             raise LoadError(
                 f"the teacher of {workdir} was given as predictions "
                 f"({config.teacher.predictions}): there is no teacher model to load"
             )
         role, method_name, two_heads = TEACHER, config.teacher.method, False
-        spec = cells.teacher_spec(config, task, ran)
-        base = cells.teacher_checkpoint_dir(checkpoints, spec)
+        base = cells.teacher_checkpoint_dir(checkpoints, cells.teacher_spec(config, task, ran))
         folds = config.teacher.folds
         dirs = [f"{base}-fold{j}" for j in range(folds)] if folds else [base]
         constants = None  # a teacher trains without them
     else:
         role, method_name = "student", method
         two_heads = get_method(method).two_heads
+        constants = distill.store_constants(store, loss_cfg)  # in its train state
         spec = cells.student_spec(config, store.manifest["fingerprint"], constants)
         dirs = [cells.student_checkpoint_dir(checkpoints, method, spec)]
     trainer = Trainer(
@@ -163,7 +171,7 @@ def load(workdir: str, *, cell: str, method: str, seed: int) -> Trained:
         states.append(jax.tree.map(lambda a: a[member], state))
     heads = (models.LABEL_HEAD, models.TEACHER_HEAD) if two_heads else (models.MAIN_HEAD,)
     head = config.inference_head if two_heads else models.MAIN_HEAD
-    size = sum(int(np.size(p)) for p in jax.tree.leaves(states[0].params))
+    size = sum(int(np.size(p)) for p in jax.tree.leaves([s.params for s in states]))
     fingerprint = {
         "teacher_store": store.manifest["fingerprint"],
         "checkpoint_dirs": [os.path.relpath(d, workdir) for d in dirs],
@@ -171,6 +179,7 @@ def load(workdir: str, *, cell: str, method: str, seed: int) -> Trained:
     return Trained(
         workdir,
         cell,
+        named.fold,
         method,
         seed,
         config,
@@ -201,13 +210,16 @@ def _config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({**resume.NEW_KEYS, **values})
 
 
-def _parse_cell(name: str) -> tuple[str, float, int | None]:
-    fold = None
-    if "/" in name:
-        head, name = name.split("/", 1)
-        fold = int(head.removeprefix("fold"))
-    kind, _, level = name.rpartition("_")
-    return kind, float(level), fold
+def _check_inputs(workdir: str, task, config) -> None:
+    """The data files must be as they were: the export is checked, and scored, on the test
+    split the model was scored on."""
+    try:
+        resume.check_same_inputs(workdir, resume.inputs_of(task, config))
+    except ValueError as e:
+        raise LoadError(
+            f"the data of {workdir} have changed since its sweep ran ({e}); put the files "
+            "back as they were to load its models"
+        ) from e
 
 
 def _rows(workdir: str, cell: str, method: str, seed: int) -> dict[str, dict]:
@@ -254,11 +266,12 @@ def _restore(directory, trainer, config, role, constants, checkpoints):
     _, template = train.init_population(trainer.model_fn, trainer.tx, keys, constants)
     restored = loop.load_trained(directory, template, name=os.path.basename(directory))
     if restored is None:
-        raise LoadError(f"no usable checkpoint in {directory}")
+        raise LoadError(f"no usable checkpoint in {directory} (damaged: see the warnings)")
     step, state, stopped = restored
     total = config[role].num_steps
     if step != total and not stopped:
         raise LoadError(
-            f"{directory}: the fit is not finished (checkpoint of step {step} of {total})"
+            f"{directory}: the latest usable checkpoint is of step {step} of {total}: the "
+            "final one is missing or damaged (see any warning above)"
         )
     return state, step

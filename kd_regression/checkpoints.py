@@ -162,9 +162,12 @@ class Checkpoints:
             ),
         )
 
-    def restore(self, template: Mapping[str, Any]) -> tuple[int, dict] | None:
+    def restore(
+        self, template: Mapping[str, Any], *, set_aside: bool = True
+    ) -> tuple[int, dict] | None:
         """The latest checkpoint that restores and matches its digest, as ``(step, items)``
-        shaped like ``template``; None if there is none (damaged ones are set aside)."""
+        shaped like ``template``; None if there is none. Damaged ones are set aside
+        (``set_aside=False``, a reader's: left where they are, with the same warning)."""
         steps = sorted(self._manager.all_steps(), reverse=True)
         for i, step in enumerate(steps):
             with interrupts.deferred():  # a signal must not pass for damage
@@ -184,7 +187,11 @@ class Checkpoints:
                 self.good_step = step
                 return step, items
             older = steps[i + 1] if i + 1 < len(steps) else None
-            self._set_aside(step, problem, older)
+            if set_aside:
+                self._set_aside(step, problem, older)
+            else:
+                then = f"trying step {older}" if older is not None else "none left"
+                logging.warning("%s: checkpoint %s %s; %s", self.name, step, problem, then)
         return None
 
     def _step_dir(self, step: int) -> str:

@@ -343,7 +343,7 @@ def _resume(
 ) -> tuple[int, TrainState]:
     """The step and state of the latest usable checkpoint (``stopping`` restored with
     them); ``(step, state)`` as given if there is none."""
-    restored = ckpt.restore({"state": state, "best": state, "aux": _aux_template(state)})
+    restored = ckpt.restore(_restore_template(state))
     if restored is None:
         return step, state
     step, items = restored
@@ -357,12 +357,11 @@ def load_trained(checkpoint_dir: str, template: TrainState, *, name: str):
     ``(step, state, stopped)``, ``state`` shaped like ``template`` (the best state by
     validation loss; the last one without evaluations). None if there is no usable
     checkpoint. The latest checkpoint is that of the last step (or the early stop), so
-    a caller checks ``step``/``stopped`` to know the fit had finished."""
+    a caller checks ``step``/``stopped`` to know the fit had finished. Read only: a
+    damaged checkpoint is skipped with a warning, not set aside."""
     ckpt = checkpoints.Checkpoints(checkpoint_dir, name=name)
-    try:
-        restored = ckpt.restore(
-            {"state": template, "best": template, "aux": _aux_template(template)}
-        )
+    try:  # a reader: a damaged checkpoint is left where it is
+        restored = ckpt.restore(_restore_template(template), set_aside=False)
     finally:
         ckpt.close(failed=False)
     if restored is None:
@@ -386,6 +385,11 @@ def _select_members(mask: np.ndarray, new: Any, old: Any) -> Any:
         return jnp.where(m, a, b)
 
     return jax.tree.map(select, new, old)
+
+
+def _restore_template(state: TrainState) -> dict[str, Any]:
+    """What a checkpoint of :func:`fit` holds, shaped like ``state``."""
+    return {"state": state, "best": state, "aux": _aux_template(state)}
 
 
 def _aux_template(state: TrainState) -> dict[str, Any]:

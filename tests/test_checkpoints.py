@@ -89,6 +89,23 @@ def test_damaged_latest_is_set_aside_and_the_one_before_used(tmp_path, caplog, d
     assert warnings[0].endswith(f"set aside as {aside}; falling back to step 1")
 
 
+def test_a_reader_skips_a_damaged_checkpoint_and_leaves_it_where_it_is(tmp_path, caplog):
+    """restore(set_aside=False), as trained.load reads a finished workdir: the one before is
+    used, the damaged one stays (a reader does not change the workdir), with a warning."""
+    directory = tmp_path / "ckpt"
+    ckpt = _saved(directory, [1, 2])
+    _flip(directory / "2" / "default" / "manifest.ocdbt")
+    with caplog.at_level(logging.WARNING):
+        step, items = ckpt.restore(_items(0.0), set_aside=False)
+    ckpt.close(failed=False)
+    assert step == 1
+    _assert_same(items, _items(1.0))
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no ckpt.damaged
+    assert sorted(os.listdir(directory)) == ["1", "1.files.json", "2", "2.files.json"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].endswith("trying step 1"), warnings
+
+
 def _record_removed(directory, step):
     """As if the run was killed between the commit and the record of the files."""
     os.remove(directory / f"{step}.files.json")

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -26,7 +27,9 @@ ONE_WORKER = pytest.mark.xdist_group("quick_run")
 REQUIRED = {"method", "head", "noise", "level", "seed", "rmse", "mae"}
 
 
-@pytest.fixture(scope="module")
+# Session scope: xdist may run other modules' tests between these on their worker, and a
+# module fixture would be made again after each such interruption.
+@pytest.fixture(scope="session")
 def quick_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("quick"))
     config = sinusoid_config.get_config("quick")
@@ -514,3 +517,99 @@ def test_readme_onnxruntime_snippet_runs_on_an_exported_student(quick_run):
         exec(compile(block.replace("workdir/sinusoid", workdir), "README.md", "exec"), {})
     for expected in re.findall(r"print\(.*\)[ \t]+# (.*)", block):
         assert expected.strip() in out.getvalue(), (expected, out.getvalue())
+
+
+def test_an_out_of_fold_teacher_exports_as_the_mean_of_its_folds(tmp_path):
+    """teacher.folds=2: the teacher's row is the mean of its two fold teachers; so is the
+    exported file."""
+    import tiny_config  # tests/ is on the path, as for fakes
+
+    config = tiny_config.get_config()
+    config.teacher.folds = 2
+    config.methods = ("tor",)
+    # Level 0 of both noise models: one run, under the first one's name.
+    config.noise = ml_collections.ConfigDict({"outliers": (0.0, 0.3), "gaussian": (0.0,)})
+    rows = sweep.run(config, str(tmp_path))
+    x, y = _clean_test_split(config, seed=1)
+    first, second = (f"{kind}_0" for kind in config.noise)
+    assert not os.path.exists(tmp_path / "checkpoints" / second)
+    for cell, noise, level in (("outliers_0.3", "outliers", 0.3), (second, second[:-2], 0.0)):
+        paths = export_cli.export_model(
+            str(tmp_path), cell=cell, method="teacher", seed=1, formats=("onnx",)
+        )
+        pred = np.asarray(export.load_onnx(paths["onnx"])(x)["main"], np.float64)
+        rmse = float(np.sqrt(np.mean((pred - y) ** 2)))
+        row = _row(rows, "teacher", "main", 1, noise=noise, level=level)
+        assert rmse == pytest.approx(row["rmse"], abs=1e-6)
+        with open(paths["json"]) as f:
+            meta = json.load(f)
+        dirs = meta["fingerprint"]["checkpoint_dirs"]
+        assert [d[-6:] for d in dirs] == ["-fold0", "-fold1"]
+        assert dirs[0].startswith(f"checkpoints/{first if level == 0 else cell}/teacher-")
+
+
+@ONE_WORKER
+def test_a_fit_whose_final_checkpoint_is_gone_is_not_exported(quick_run, monkeypatch, capsys):
+    """The latest usable checkpoint is not the fit's last step (the final one damaged):
+    refused, saying so, nothing written."""
+    from experiments import trained
+    from kd_regression import loop
+
+    _, workdir, _ = quick_run
+    real = loop.load_trained
+
+    def earlier(directory, template, *, name):
+        step, state, _ = real(directory, template, name=name)
+        return step - 100, state, False
+
+    monkeypatch.setattr(trained.loop, "load_trained", earlier)
+    before = sorted(os.walk(workdir))
+    argv = ["--workdir", workdir, "--cell", "outliers_0", "--method", "tor", "--seed", "0"]
+    assert export_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "latest usable checkpoint is of step 100 of 200" in err, err
+    assert sorted(os.walk(workdir)) == before
+
+
+@ONE_WORKER
+def test_a_failed_export_leaves_the_previous_one_as_it_was(quick_run, monkeypatch):
+    """ONNX checked and staged, then StableHLO fails: the earlier export stays as it was, no
+    staging directory is left; an export with fewer formats removes the others' files."""
+    _, workdir, _ = quick_run
+    kwargs = {"cell": "outliers_0", "method": "scratch_l2", "seed": 0}
+    paths = export_cli.export_model(workdir, **kwargs)
+    directory = os.path.dirname(paths["onnx"])
+    listing = sorted(os.listdir(directory))
+    contents = {n: open(os.path.join(directory, n), "rb").read() for n in listing}
+
+    def fail(*args, **kw):
+        raise export.ExportError("scratch_l2: cannot be exported (a test)")
+
+    with monkeypatch.context() as m:
+        m.setattr(export, "export_stablehlo", fail)
+        with pytest.raises(export.ExportError):
+            export_cli.export_model(workdir, **kwargs)
+    assert sorted(os.listdir(directory)) == listing
+    assert all(open(os.path.join(directory, n), "rb").read() == c for n, c in contents.items())
+    paths = export_cli.export_model(workdir, **kwargs, formats=("onnx",))
+    stem = os.path.join(directory, "scratch_l2-seed0")
+    assert not os.path.exists(stem + ".stablehlo") and os.path.exists(stem + ".onnx")
+    with open(paths["json"]) as f:
+        meta = json.load(f)
+    assert meta["files"] == {"onnx": "scratch_l2-seed0.onnx", "json": "scratch_l2-seed0.json"}
+
+
+@ONE_WORKER
+def test_a_file_without_the_inference_head_says_so(quick_run):
+    _, workdir, _ = quick_run
+    paths = export_cli.export_model(
+        workdir,
+        cell="outliers_0",
+        method="tor_multitask",
+        seed=0,
+        head="teacher",
+        formats=("onnx",),
+    )
+    with open(paths["json"]) as f:
+        meta = json.load(f)
+    assert meta["heads"] == ["teacher"] and meta["inference_head"] is None

@@ -113,7 +113,9 @@ def _holder(workdir) -> int | None:
         return None
 
 
-@pytest.fixture(scope="module")
+# Session scope with its tests in one xdist group: a module fixture is made again each
+# time the worker comes back to the module from another one's tests.
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory):
     """A clean run, during which a second run with another config tried the same workdir.
 

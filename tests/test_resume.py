@@ -158,7 +158,9 @@ def _assert_same(a, b):
         np.testing.assert_array_equal(x, y)
 
 
-@pytest.fixture(scope="module")
+# Session scope with its tests in one xdist group: a module fixture is made again each
+# time the worker comes back to the module from another one's tests.
+@pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
     done = _run(workdir, "never")
@@ -166,6 +168,7 @@ def uninterrupted(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.xdist_group("uninterrupted")
 def test_killed_at_every_stage_then_rerun_equals_an_uninterrupted_run(uninterrupted, tmp_path):
     # Cells run in the order gaussian_0.2, outliers_0, outliers_0.3 (the one drawn in fits.png).
     # Teacher checkpoints every 100 steps, students every 50: each kill loses work since.
@@ -218,6 +221,7 @@ def test_damaged_results_line_is_an_error_naming_the_line(tmp_path):
     assert report.load_rows(str(path)) == [{"a": 1}, {"a": 2}]
 
 
+@pytest.mark.xdist_group("uninterrupted")
 def test_results_of_another_config_are_never_mixed_in(uninterrupted, tmp_path):
     workdir = tmp_path / "other"
     shutil.copytree(uninterrupted, workdir)
