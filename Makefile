@@ -5,7 +5,7 @@ VENV ?= .venv
 WORKDIR ?= workdir/sinusoid
 BIN := $(VENV)/bin
 
-.PHONY: sinusoid test lint install bench
+.PHONY: sinusoid test test-quick lint install bench
 
 # The package with its test extra (the ranges are in setup.cfg). `make sinusoid` needs only
 # the package; the test tools come along so that every target shares one install.
@@ -34,3 +34,7 @@ bench: $(VENV)/.bench
 
 test: lint $(VENV)/.bench
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=10
+
+# The inner loop while working: every test but those marked slow (pyproject.toml).
+test-quick: $(VENV)/.bench
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=10 -m "not slow"

@@ -37,8 +37,6 @@ import os
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -122,7 +120,8 @@ def bench_sweep():
     t, s = config.teacher, config.student
     t0 = time.perf_counter()
     for kind, level in cells:
-        data = cell.cell_data(config, tasks.get_task("sinusoid"), cell.Cell(kind, level))
+        at = cell.Cell(kind, level)
+        data = cell.cell_data(config, tasks.get_task("sinusoid"), at)
         for i, seed in enumerate(seeds):
             torch.manual_seed(seed)
             as_t = {k: torch.from_numpy(np.asarray(v[i])) for k, v in data.items()}
@@ -162,7 +161,7 @@ def bench_sweep():
                     steps=s.num_steps,
                     batch_size=s.batch_size,
                     learning_rate=s.learning_rate,
-                    constants=constants,
+                    constants={**constants, **cell.method_constants(at, method)},
                     cfg=cfg,
                     seed=seed,
                 )

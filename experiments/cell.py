@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 from experiments import report
 from experiments.validation import TEACHER, cell_name, seeds, train_config
 from kd_regression import distill, interrupts, losses, models, noise
-from kd_regression.methods import LossConfig, get_method
+from kd_regression.methods import NOISE_RATE, LossConfig, get_method
 from kd_regression.trainer import Trainer
 
 CHECKPOINTS, STORES = "checkpoints", "teacher_store"  # workdir/<this>/<cell name>/...
@@ -232,8 +232,11 @@ def run_cell(ctx: Context, cell: Cell) -> tuple[list[dict], dict | None]:
             checkpoint_dir=student_checkpoint_dir(checkpoints, name, students),
             writer=ctx.writer,
             name=f"{cell.name}/{name}",
+            method_constants=method_constants(cell, name),
         )
         extra = detection if get_method(name).rejects else None
+        if get_method(name).selects:
+            extra = _selection_scores(ctx, cell, data, student)
         for head, pred in student.heads(data["x_test"]).items():
             out += rows(ctx, cell, name, head, pred, data["labels_test"], extra)
         if fits is not None and name in report.FIT_METHODS:
@@ -270,15 +273,44 @@ def _teacher(ctx: Context, cell: Cell, data, spec: dict, checkpoints: str):
     return teacher, teacher.predict(data["x_test"])
 
 
+def method_constants(cell: Cell, method: str) -> dict:
+    """The constants ``method`` needs beyond δ and η, from what the experiment knows:
+    ``small_loss_oracle``'s noise rate is the outlier rate p (0 under Gaussian noise or
+    none: no label there is an outlier to drop)."""
+    if NOISE_RATE not in get_method(method).constants:
+        return {}
+    return {NOISE_RATE: float(cell.level) if cell.kind == "outliers" else 0.0}
+
+
 def _detection(ctx: Context, cell: Cell, data, predictions: np.ndarray, constants: dict):
-    """Per seed: how well TOR's δ finds the corrupted training labels. Where nothing was
-    injected and the task's labels are not known to be clean, there is no mask to score
-    against: precision and recall are NaN (null), the rejection rate stays."""
+    """Per seed: how well TOR's δ finds the corrupted training labels."""
     rejected = np.asarray(
         jax.vmap(lambda y, t, d: losses.outlier_mask(y, t, threshold=d))(
             data["y_train"], predictions, constants["threshold"]
         )
     )
+    return _scores(ctx, cell, data, rejected)
+
+
+def _selection_scores(ctx: Context, cell: Cell, data, student) -> list[dict]:
+    """Per seed: how well small-loss selection finds the corrupted training labels, scored
+    with the trained student: the fraction q of the whole training split with its largest
+    own loss (the batch's rule, on a batch of the whole split)."""
+    n = ctx.config.num_seeds
+    q = student.constants.get(NOISE_RATE, np.full(n, ctx.loss_cfg.small_loss_drop))
+    pred = student.heads(data["x_train"])[models.MAIN_HEAD]
+    rejected = np.asarray(
+        jax.vmap(
+            lambda p, y, q: losses.small_loss_mask(losses.squared_error(p, y), drop_fraction=q)
+        )(pred, data["y_train"], np.asarray(q, np.float32))
+    )
+    return _scores(ctx, cell, data, rejected)
+
+
+def _scores(ctx: Context, cell: Cell, data, rejected: np.ndarray) -> list[dict]:
+    """Per seed, ``rejected`` ``[S, n]`` scored against the true corruption mask. Where
+    nothing was injected and the task's labels are not known to be clean, there is no mask
+    to score against: precision and recall are NaN (null), the rejection rate stays."""
     unknown = not ctx.task.labels_known_clean and (cell.kind == "none" or cell.level == 0)
     out = []
     for s in range(ctx.config.num_seeds):

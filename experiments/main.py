@@ -16,9 +16,6 @@ import threading
 import time
 import traceback
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TF only writes summaries here
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -41,10 +38,21 @@ USAGE_ERROR = 2  # the status of a command-line or config mistake
 
 
 class _QuietLibraries(std_logging.Filter):
-    """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
+    """Only our lines below WARNING: the libraries' INFO chatter is dropped (JAX's "Unable
+    to initialize backend 'tpu'" on every machine without one, matplotlib's font cache);
+    their warnings and errors still show. With ``--verbose`` the libraries' INFO lines show
+    too, except orbax's (a few per checkpoint save)."""
+
+    def __init__(self, verbose: bool):
+        super().__init__()
+        self._verbose = verbose
+        # Our lines: logged from our packages' files (orbax logs through absl's logger too).
+        self._ours = tuple(os.path.dirname(m.__file__) + os.sep for m in (sweep, interrupts))
 
     def filter(self, record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+        if record.levelno >= std_logging.WARNING or record.pathname.startswith(self._ours):
+            return True
+        return self._verbose and "orbax" not in record.pathname
 
 
 def main(argv):
@@ -52,7 +60,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     handler = logging.get_absl_handler()
     handler.setFormatter(None)
-    handler.addFilter(_QuietLibraries())
+    handler.addFilter(_QuietLibraries(_VERBOSE.value))
     if _VERBOSE.value:
         # Our own lines at verbosity 1 (absl's logger only: set_verbosity would set the
         # root logger, and every library's debug chatter with it).

@@ -10,12 +10,24 @@ import os
 import numpy as np
 from absl import logging
 
+from experiments import paired
 from kd_regression.fileio import atomic_write, atomic_write_text
 from kd_regression.methods import METHODS
 
 TEACHER = "teacher"
 DETECTION = ("rejection_rate", "precision", "recall")
-OUTPUTS = ("summary.md", "noise_sweep.png", "fits.png")  # what write_all writes
+# The methods whose rejection summary.md scores (tor_multitask rejects as tor does).
+DETECTORS = ("tor", "small_loss", "small_loss_oracle")
+OUTPUTS = ("summary.md", "noise_sweep.png", "fits.png", "paired.png")  # what write_all writes
+# paired.png's methods (ours: the robust baselines, plain distillation and TOR), if run.
+PAIRED_METHODS = (
+    "scratch_l1",
+    "scratch_huber",
+    "small_loss",
+    "kd_l2",
+    "tor",
+    "tor_multitask (label head)",
+)
 _FIT_STYLES = {TEACHER: "C0--", "scratch_l2": "C1-", "tor_multitask": "C2-"}
 FIT_METHODS = tuple(k for k in _FIT_STYLES if k != TEACHER)  # the students fits.png draws
 CLEAN_TEST = "on the clean test split"  # what the test labels are, in the summary's words
@@ -122,10 +134,14 @@ def summary_markdown(
     failure: str | None = None,
     quick: bool = False,
     test_labels: str = CLEAN_TEST,
+    references: tuple[str, ...] = (),
+    robust: tuple[str, ...] = paired.ROBUST,
 ) -> str:
     """The summary; ``failure``: why the sweep stopped early (the tables hold what finished);
     ``quick``: a banner that the numbers mean nothing; ``test_labels``: what the metric is
-    measured against, in words ("on the clean test split")."""
+    measured against, in words ("on the clean test split"); ``references``: methods (or
+    ``best_robust``: the best of ``robust`` in each column) every student is compared with,
+    paired by seed (:mod:`experiments.paired`)."""
     rmse = aggregate(rows, metric[0])
     lines = ["# Noise sweep summary", ""]
     if quick:
@@ -150,22 +166,79 @@ def summary_markdown(
         lines += [f"## Noise model: {kind} (columns: level)", ""]
         lines += _table(cells, labels, levels, mark_best=True)
         lines.append("")
+        for reference in references:
+            lines += _paired_table(rows, kind, metric, reference, robust, labels, levels)
         lines += _per_output(rows, kind, metric)
-    detection = {m: aggregate([r for r in rows if r["method"] == "tor"], m) for m in DETECTION}
     for kind in rmse:
-        if kind not in detection["rejection_rate"]:
-            continue
-        cells = {(m, lv): v for m in DETECTION for (_, lv), v in detection[m][kind].items()}
-        levels = sorted({lv for _, lv in cells})
-        lines += [
-            f"### TOR's rejection of training labels, {kind}: rate, and precision / recall "
-            "against the true corruption mask (n/a: nothing rejected, nothing corrupted, or "
-            "no mask: labels used as they are)",
-            "",
-        ]
-        lines += _table(cells, list(DETECTION), levels, mark_best=False)
-        lines.append("")
+        lines += _detection_table(rows, kind)
     return "\n".join(lines)
+
+
+def _detection_table(rows: list[dict], kind: str) -> list[str]:
+    """The rejection scores of :data:`DETECTORS` (those run) under noise model ``kind``."""
+    cells, labels = {}, []
+    for method in DETECTORS:
+        ours = [r for r in rows if r["method"] == method and r["noise"] == kind]
+        for m in DETECTION:
+            for (_, lv), v in aggregate(ours, m).get(kind, {}).items():
+                cells[(f"{method}: {m}", lv)] = v
+                labels.append(f"{method}: {m}")
+    if not cells:
+        return []
+    levels = sorted({lv for _, lv in cells})
+    lines = [
+        f"### Rejection of training labels, {kind}: rate, and precision / recall against "
+        "the true corruption mask (tor: the teacher's residual over δ; small_loss: the "
+        "trained student's fraction q of largest own losses on the training split; n/a: "
+        "a precision with nothing rejected, a recall with nothing corrupted, or no mask: "
+        "labels used as they are)",
+        "",
+    ]
+    return [*lines, *_table(cells, list(dict.fromkeys(labels)), levels, mark_best=False), ""]
+
+
+def _paired_table(rows, kind, metric, reference, robust, labels, levels) -> list[str]:
+    """Each student minus ``reference``, paired by seed: mean Δ [95 % t interval] and the
+    seeds improved; **bold** where the interval lies below 0."""
+    cells = {
+        lv: v
+        for (k, lv), v in paired.paired_differences(
+            [r for r in rows if r["noise"] == kind], metric[0], reference, robust=robust
+        ).items()
+        if k == kind
+    }
+    if not cells:
+        return []
+    what = (
+        f"the best teacher-free robust baseline of each column (of {', '.join(robust)})"
+        if reference == paired.BEST_ROBUST
+        else reference
+    )
+    lines = [
+        f"### Paired difference to {what}, {kind}: {metric[0]} of the method minus the "
+        "reference's, mean over seeds [95 % t interval], seeds improved; **bold**: the "
+        "interval excludes 0 on the side of a lower error",
+        "",
+        "| | " + " | ".join(f"{lv:g}" for lv in levels) + " |",
+        "|---|" + "---|" * len(levels),
+    ]
+    if reference == paired.BEST_ROBUST:
+        refs = [cells[lv][0] if lv in cells else "" for lv in levels]
+        lines.append("| reference | " + " | ".join(refs) + " |")
+    for lb in labels:
+        if lb == TEACHER:
+            continue
+        row = []
+        for lv in levels:
+            ref, diffs = cells.get(lv, ("", {}))
+            d = diffs.get(lb)
+            if d is None:
+                row.append("(reference)" if lb == ref else "")
+                continue
+            text = f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}] {d.improved}/{d.n}"
+            row.append(f"**{text}**" if d.better else text)
+        lines.append(f"| {lb} | " + " | ".join(row) + " |")
+    return [*lines, ""]
 
 
 def _per_output(rows: list[dict], kind: str, metric: tuple[str, str]) -> list[str]:
@@ -252,6 +325,51 @@ def plot_noise_sweep(
     plt.close(fig)
 
 
+def plot_paired(
+    rows: list[dict], path: str, metric: tuple[str, str], reference: str, robust: tuple
+) -> bool:
+    """paired.png: per noise model, each of :data:`PAIRED_METHODS` minus ``reference``,
+    paired by seed, against the level (95 % t intervals); False if there is nothing to
+    draw (no such reference, or one level only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    diffs = paired.paired_differences(rows, metric[0], reference, robust=robust)
+    kinds = sorted({k for k, _ in diffs})
+    kinds = [k for k in kinds if len({lv for kk, lv in diffs if kk == k}) > 1]
+    if not kinds:
+        return False
+    fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 4.5), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        levels = sorted(lv for k, lv in diffs if k == kind)
+        step = min(np.diff(levels)) if len(levels) > 1 else 1.0
+        counts = collections.Counter()
+        for j, label in enumerate(PAIRED_METHODS):
+            pts = [
+                (lv, diffs[(kind, lv)][1][label]) for lv in levels if label in diffs[(kind, lv)][1]
+            ]
+            if not pts:
+                continue
+            xs = [lv + (j - len(PAIRED_METHODS) / 2) * 0.06 * step for lv, _ in pts]
+            mean = np.array([d.mean for _, d in pts])
+            err = np.nan_to_num(np.array([[d.mean - d.low, d.high - d.mean] for _, d in pts]).T)
+            style = _GROUP_STYLES[_group(label)](counts[_group(label)])
+            counts[_group(label)] += 1
+            ax.errorbar(xs, mean, yerr=err, ms=3, capsize=2, lw=1.2, label=label, **style)
+        ax.axhline(0, color="0.4", lw=0.8)
+        ax.set_xticks(levels)
+        ax.set_xlabel(f"{kind} level")
+        ax.set_ylabel(f"{metric[0]} minus {reference}'s, paired by seed\n(below 0: lower error)")
+        ax.set_title(f"noise model: {kind} (95 % t intervals over seeds)")
+        ax.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    _savefig(fig, path)
+    plt.close(fig)
+    return True
+
+
 def plot_fits(fits: dict, path: str) -> None:
     import matplotlib
 
@@ -293,6 +411,8 @@ def write_all(
     failure: str | None = None,
     quick: bool = False,
     test_labels: str = CLEAN_TEST,
+    references: tuple[str, ...] = (),
+    robust: tuple[str, ...] = paired.ROBUST,
 ) -> list[str]:
     """summary.md, noise_sweep.png and (with ``fits``) fits.png in ``workdir``; their paths."""
     text = summary_markdown(
@@ -303,11 +423,16 @@ def write_all(
         failure=failure,
         quick=quick,
         test_labels=test_labels,
+        references=references,
+        robust=robust,
     )
-    paths = [os.path.join(workdir, name) for name in OUTPUTS]
-    atomic_write_text(paths[0], text)
-    plot_noise_sweep(rows, paths[1], metric, test_labels)
-    if fits is None:
-        return paths[:2]
-    plot_fits(fits, paths[2])
+    summary, sweep_png, fits_png, paired_png = (os.path.join(workdir, n) for n in OUTPUTS)
+    atomic_write_text(summary, text)
+    plot_noise_sweep(rows, sweep_png, metric, test_labels)
+    paths = [summary, sweep_png]
+    if fits is not None:
+        plot_fits(fits, fits_png)
+        paths.append(fits_png)
+    if references and plot_paired(rows, paired_png, metric, references[0], robust):
+        paths.append(paired_png)
     return paths

@@ -36,9 +36,24 @@ RUN_KEYS = (
     "dataset.path",
     "dataset.test_labels_clean",
     "teacher.predictions",
+    # What summary.md shows, not what the rows are.
+    "report.paired_references",
+    "report.robust_baselines",
 )
 # Keys added since a workdir may have been made, with the value they had before.
-NEW_KEYS = {"quick": False}
+NEW_KEYS = {"quick": False, "loss.small_loss_drop": 0.2}
+
+
+def with_new_keys(values: dict) -> dict:
+    """A workdir's config.json ``values`` (nested) with each of NEW_KEYS it lacks."""
+    values = json.loads(json.dumps(values))  # a deep copy
+    for path, default in NEW_KEYS.items():
+        *parents, leaf = path.split(".")
+        node = values
+        for key in parents:
+            node = node.setdefault(key, {})
+        node.setdefault(leaf, default)
+    return values
 
 
 def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -46,7 +61,7 @@ def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     path = os.path.join(workdir, CONFIG_FILE)
     try:
         with open(path, encoding="utf-8") as f:
-            old = flatten(json.load(f))
+            old = flatten(with_new_keys(json.load(f)))
     except FileNotFoundError:
         raise ValueError(
             f"{workdir} holds {RESULTS} but no {CONFIG_FILE}, so which config made them is "
@@ -54,7 +69,6 @@ def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
         ) from None
     except ValueError as e:
         raise ValueError(f"{path} is damaged ({e}): use a new --workdir") from e
-    old = {**NEW_KEYS, **old}
     new = flatten(json.loads(config.to_json_best_effort()))
     absent = "<absent>"
     changed = [

@@ -20,7 +20,7 @@ from absl import logging
 
 from experiments import report, resume, tasks
 from experiments.cell import Cell, Context, Trainers, run_cell
-from experiments.validation import validate
+from experiments.validation import report_options, validate
 from kd_regression import interrupts, sharding, writers
 from kd_regression.fileio import DirectoryLock, DirectoryLockedError, atomic_write_text
 from kd_regression.methods import LossConfig
@@ -103,7 +103,7 @@ def _start(config: ml_collections.ConfigDict, workdir: str, task) -> dict:
     sharding.check_agreement(repr(sorted(done, key=repr)), f"the finished cells in {workdir}")
     if sharding.is_primary():
         resume.remove_temporaries(workdir)
-        stale = [resume.FAILURE_FILE]
+        stale = [resume.FAILURE_FILE, "paired.png"]  # paired.png: the end draws it again
         stale += [] if done else [resume.FITS_FILE, "fits.png"]  # of an earlier config
         for name in stale:
             with contextlib.suppress(FileNotFoundError):
@@ -193,6 +193,7 @@ def _run_locked(config: ml_collections.ConfigDict, loss_cfg: LossConfig, workdir
     clean_rows = {}  # level 0 is the same run under every noise model: run it once per fold
     test_labels = _test_labels(task, config)
     wording = {"metric": task.metric, "quick": config.quick, "test_labels": test_labels}
+    wording |= report_options(config)  # the paired comparisons
     setup, t0 = _setup_line(config, loss_cfg, folds), time.time()
     every = cells(config, folds)
     progress = _SweepProgress(every, _to_run(every, done))

@@ -190,6 +190,12 @@ def method_loss(method: str, heads, y, t, constants: Mapping[str, float], cfg: L
         if method == "tor_multitask":
             loss = loss + cfg.multitask_weight * _sq(heads["teacher"] - t)
         return loss
+    if method in ("small_loss", "small_loss_oracle"):
+        q = cfg.small_loss_drop if method == "small_loss" else float(constants["noise_rate"])
+        err = _sq(s - y)
+        dropped = torch.zeros_like(err, dtype=torch.bool)
+        dropped[torch.argsort(-err.detach(), stable=True)[: math.floor(q * len(err) + 1e-4)]] = True
+        return torch.where(dropped, torch.zeros_like(err), err)
     raise ValueError(f"method={method!r} has no PyTorch baseline")
 
 

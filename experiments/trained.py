@@ -155,6 +155,9 @@ def load(workdir: str, *, cell: str, method: str, seed: int) -> Trained:
         two_heads = get_method(method).two_heads
         constants = distill.store_constants(store, loss_cfg)  # in its train state
         spec = cells.student_spec(config, store.manifest["fingerprint"], constants)
+        n = len(seeds(config))
+        for k, v in cells.method_constants(ran, method).items():  # the oracle's noise rate
+            constants[k] = np.full(n, v, np.float32)
         dirs = [cells.student_checkpoint_dir(checkpoints, method, spec)]
     trainer = Trainer(
         task.model_fn(config[role], two_heads),
@@ -207,7 +210,7 @@ def _config(workdir: str) -> ml_collections.ConfigDict:
         ) from None
     except ValueError as e:
         raise LoadError(f"{path} is damaged: {e}") from e
-    return ml_collections.ConfigDict({**resume.NEW_KEYS, **values})
+    return ml_collections.ConfigDict(resume.with_new_keys(values))
 
 
 def _check_inputs(workdir: str, task, config) -> None:

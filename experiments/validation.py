@@ -30,7 +30,15 @@ MAX_SEED = 2**32 - 1
 # copies of both an asynchronous checkpoint save makes.
 STATE_COPIES = 4
 # Keys the code reads with a default: a config may leave them out.
-OPTIONAL_KEYS = ("teacher.eval_every", "teacher.patience", "student.eval_every", "student.patience")
+OPTIONAL_KEYS = (
+    "teacher.eval_every",
+    "teacher.patience",
+    "student.eval_every",
+    "student.patience",
+    # Report options (a workdir of a version before them has none).
+    "report.paired_references",
+    "report.robust_baselines",
+)
 NOISE_LEVELS = {  # noise model: (is the level valid, what is allowed)
     "none": (lambda v: v == 0.0, "0 (the labels as they are)"),
     "outliers": (lambda v: 0.0 <= v <= 1.0, "a rate in [0, 1]"),
@@ -139,9 +147,32 @@ def _validate(config: ml_collections.ConfigDict) -> LossConfig:
         raise ValueError(f"store.on_mismatch={config.store.on_mismatch!r}: 'recompute' or 'fail'")
     if config.inference_head not in (models.LABEL_HEAD, models.TEACHER_HEAD):
         raise ValueError(f"inference_head={config.inference_head!r}: 'label' or 'teacher'")
+    _check_report(config)
     loss_cfg = LossConfig.from_dict(config.loss.to_dict())
     _check_memory(config, task, _check_models(config, task, roles))
     return loss_cfg
+
+
+def report_options(config: ml_collections.ConfigDict) -> dict:
+    """summary.md's paired comparisons: ``references`` and ``robust`` (empty without a
+    ``report`` section: a workdir of an earlier version)."""
+    report = config.get("report") or {}
+    return {
+        "references": tuple(report.get("paired_references", ())),
+        "robust": tuple(report.get("robust_baselines", ())),
+    }
+
+
+def _check_report(config: ml_collections.ConfigDict) -> None:
+    options = report_options(config)
+    for key, names in (
+        ("paired_references", options["references"]),
+        ("robust_baselines", options["robust"]),
+    ):
+        allowed = [*METHODS, *(["best_robust"] if key == "paired_references" else [])]
+        for name in names:
+            if name not in allowed:
+                raise ValueError(f"report.{key}: {name!r} is not one of {', '.join(allowed)}")
 
 
 def _check_seeds(config: ml_collections.ConfigDict) -> None:

@@ -402,6 +402,27 @@ def _teacher_inputs(teacher, x, y, loss_config: LossConfig, single: bool):
     return np.asarray(predictions), {k: np.asarray(v) for k, v in per_seed.items()}
 
 
+def _method_constants(method, given: Mapping[str, Any] | None, n: int) -> dict:
+    """The constants ``method`` needs beyond δ and η (``Method.constants``), one per seed."""
+    given = dict(given or {})
+    missing = [k for k in method.constants if k not in given]
+    if missing:
+        raise ValueError(
+            f"method={method.name!r} needs method_constants {missing} (e.g. the known noise "
+            "rate of an oracle), a number or one per seed"
+        )
+    unused = sorted(set(given) - set(method.constants))
+    if unused:
+        raise ValueError(f"method={method.name!r} takes no method_constants {unused}")
+    out = {}
+    for k, v in given.items():
+        v = np.asarray(v, np.float32)
+        if v.shape not in ((), (n,)):
+            raise ValueError(f"method_constants[{k!r}]: shape {v.shape}, want () or ({n},)")
+        out[k] = np.broadcast_to(v, (n,)).copy()
+    return out
+
+
 def train_student(
     x: np.ndarray,
     y: np.ndarray,
@@ -417,6 +438,7 @@ def train_student(
     checkpoint_dir: str | None = None,
     writer: Any = None,
     name: str | None = None,
+    method_constants: Mapping[str, Any] | None = None,
 ) -> Student:
     """Trains a student with ``method`` on ``(x, y)`` and the teacher's predictions.
 
@@ -426,7 +448,8 @@ def train_student(
     None for the methods without a teacher. ``model_fn`` is called with
     ``two_heads=True`` for a two-head method (``tor_multitask``). ``trainer``: a
     :class:`Trainer` of this method to reuse instead of ``model_fn``, ``config`` and
-    ``loss_config``.
+    ``loss_config``. ``method_constants``: the further per-dataset constants the method needs
+    (``Method.constants``: ``small_loss_oracle``'s ``noise_rate``), scalars or one per seed.
     """
     seed_list, single = _population(seeds)
     x, y = _stacked(single, x, y)
@@ -442,6 +465,7 @@ def train_student(
         arrays["teacher"], constants = _teacher_inputs(teacher, x, y, trainer.loss_config, single)
     elif method_.needs_teacher:
         raise ValueError(f"method={method!r} needs a teacher's predictions")
+    constants = {**constants, **_method_constants(method_, method_constants, len(seed_list))}
     result = trainer.fit(
         arrays,
         seeds=seed_list,

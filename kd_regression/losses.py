@@ -251,6 +251,82 @@ def teacher_outlier_rejection(
     return jnp.where(rejected, squared_error(student, teacher), label_loss)
 
 
+def _sharded_over_batch(x: jax.Array):
+    """The explicit sharding of ``x`` if its axis 0 is split over a device mesh, else None."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    if sharding is None or sharding.mesh.empty or all(a is None for a in sharding.spec):
+        return None
+    return sharding
+
+
+def small_loss_mask(
+    loss: jax.typing.ArrayLike, *, drop_fraction: jax.typing.ArrayLike
+) -> jax.Array:
+    """Small-loss selection: which examples of a batch to drop, those of largest own loss.
+
+    The floor(q · batch) examples with the largest `loss` are dropped (q = `drop_fraction`;
+    of equal losses, the earlier index first), as in the sample selection of Co-teaching
+    (Han et al. 2018) and trimmed least squares: a network fits clean labels before noisy
+    ones, so the examples it fits worst are the likeliest to be mislabelled. The ranking sees no
+    gradient. q may be traced (one compiled step for every rate); without a ramp-up of q
+    over training (Co-teaching has one), ours.
+
+    Args:
+      loss: `[batch]` per-example losses, floating.
+      drop_fraction: q in [0, 1), a Python number or a 0-d (possibly traced) array.
+
+    Returns:
+      `[batch]` bool, True where the example is dropped.
+    """
+    loss = jnp.asarray(loss)
+    if loss.ndim != 1 or not jnp.issubdtype(loss.dtype, jnp.floating):
+        raise ValueError(
+            f"`loss` must be a 1-D float array [batch], got {loss.dtype} {loss.shape}."
+        )
+    if jnp.ndim(drop_fraction) != 0:
+        raise ValueError(f"`drop_fraction` must be a scalar, got shape {jnp.shape(drop_fraction)}.")
+    _check_value("drop_fraction", drop_fraction, lambda v: 0 <= v < 1, "in [0, 1)")
+    # 1e-4 of an example: 0.3 · 10 is 3 examples, not float32's 2.9999998 rounded down.
+    n_drop = jnp.floor(jnp.asarray(drop_fraction, jnp.float32) * loss.shape[0] + 1e-4)
+    ranked = jax.lax.stop_gradient(loss)
+    # Under jax.set_mesh with the batch split over 'data', a sort refuses a split axis: the
+    # [batch] losses are gathered on every device (a few hundred floats), ranked there, and
+    # the mask split back as the losses were, so 1 and N devices drop the same examples.
+    split = _sharded_over_batch(ranked)
+    if split is not None:
+        whole = jax.sharding.NamedSharding(split.mesh, jax.sharding.PartitionSpec())
+        ranked = jax.sharding.reshard(ranked, whole)
+    order = jnp.argsort(-ranked, stable=True)  # largest first
+    rank = jnp.zeros(loss.shape, jnp.int32).at[order].set(jnp.arange(loss.shape[0]))
+    dropped = rank < n_drop
+    return dropped if split is None else jax.sharding.reshard(dropped, split)
+
+
+def small_loss(
+    pred: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    drop_fraction: jax.typing.ArrayLike,
+) -> jax.Array:
+    """Squared error on the labels with the batch's largest losses dropped (teacher-free).
+
+    `||pred - labels||²` for the examples `small_loss_mask` keeps, 0 for the floor(q · batch)
+    it drops: the batch mean then divides by the whole batch, as TOR's `'drop'` does.
+
+    Args:
+      pred: predictions, `[batch, d]`.
+      labels: noisy training labels, `[batch, d]`.
+      drop_fraction: q in [0, 1), see `small_loss_mask`.
+
+    Returns:
+      `[batch]` per-example losses.
+    """
+    pred, labels = _check_batch(pred=pred, labels=labels)
+    loss = squared_error(pred, labels)
+    dropped = small_loss_mask(loss, drop_fraction=drop_fraction)
+    return jnp.where(dropped, jnp.zeros_like(loss), loss)
+
+
 def teacher_bounded_regression(
     student: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,

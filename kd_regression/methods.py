@@ -41,6 +41,7 @@ class LossConfig:
     threshold_value: float | None = None
     rejection: str = "drop"  # TOR: what a rejected example learns; losses.REJECTION_MODES
     multitask_weight: float = 1.0  # λ of the teacher head
+    small_loss_drop: float = 0.2  # small_loss: the fraction q of each batch dropped
 
     def __post_init__(self):
         checks = {  # field: (valid, what is allowed)
@@ -53,6 +54,7 @@ class LossConfig:
             "threshold_q": (0.0 <= self.threshold_q <= 1.0, "in [0, 1]"),
             "threshold_value": (self.threshold_value is None or self.threshold_value >= 0, ">= 0"),
             "multitask_weight": (self.multitask_weight >= 0, ">= 0"),
+            "small_loss_drop": (0.0 <= self.small_loss_drop < 1.0, "in [0, 1)"),
         }
         # `not (x > 0)` also refuses NaN.
         bad = [
@@ -96,6 +98,9 @@ class Method(NamedTuple):
     loss: LossFn  # (heads, batch, constants, cfg) -> ([batch] loss, batch metrics)
     description: str
     rejects: bool = False  # drops the labels the teacher calls outliers (TOR's δ)
+    selects: bool = False  # drops each batch's examples of largest own loss (small-loss)
+    # Per-dataset constants it needs beyond δ and η, given by the caller (train_student).
+    constants: tuple[str, ...] = ()
 
 
 def _rejected_fraction(batch: Batch, constants: Constants) -> dict[str, jax.Array]:
@@ -154,6 +159,20 @@ def _tor_multitask(heads, batch, constants, cfg):
     return loss, _rejected_fraction(batch, constants)
 
 
+def _small_loss(drop_fraction):
+    def loss(heads, batch, constants, cfg):
+        q = drop_fraction(constants, cfg)
+        per_example = losses.squared_error(heads[MAIN_HEAD], batch["y"])
+        dropped = losses.small_loss_mask(per_example, drop_fraction=q)
+        kept = jnp.where(dropped, jnp.zeros_like(per_example), per_example)
+        return kept, {"rejected_fraction": jnp.mean(dropped.astype(jnp.float32))}
+
+    return loss
+
+
+# The fraction of labels the experiment corrupted, when it knows it (an oracle's q).
+NOISE_RATE = "noise_rate"
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
@@ -191,20 +210,48 @@ METHODS: dict[str, Method] = {
             "TOR on head A + λ·L2 of head B to the teacher (Takamoto et al. 2020)",
             rejects=True,
         ),
+        Method(
+            "small_loss",
+            False,
+            False,
+            _small_loss(lambda c, cfg: cfg.small_loss_drop),
+            "no teacher; L2, each batch's fraction q of largest losses dropped (small-loss)",
+            selects=True,
+        ),
+        Method(
+            "small_loss_oracle",
+            False,
+            False,
+            _small_loss(lambda c, cfg: c[NOISE_RATE]),
+            "small_loss with q the known noise rate (an oracle: a real data set has none)",
+            selects=True,
+            constants=(NOISE_RATE,),
+        ),
     ]
 }
 
 
 def teacher_methods() -> list[str]:
-    """The methods a teacher can train with: labels only (no teacher), one head."""
-    return sorted(n for n, m in METHODS.items() if not (m.needs_teacher or m.two_heads))
+    """The methods a teacher can train with: labels only (no teacher), one head, a plain
+    per-example loss (no selection within the batch)."""
+    return sorted(n for n, m in METHODS.items() if not _why_not_teacher(m))
+
+
+def _why_not_teacher(m: Method) -> str | None:
+    if m.needs_teacher:
+        return "needs a teacher"
+    if m.two_heads:
+        return "two heads"
+    if m.selects:  # ours: the teacher trains on a plain per-example loss
+        return "selects examples per batch"
+    return None
 
 
 def check_teacher_method(name: str, where: str = "teacher method") -> None:
     """A ValueError unless ``name`` is one of :func:`teacher_methods`, saying why not."""
     if name not in teacher_methods():
         m = METHODS.get(name)
-        why = "not a method" if m is None else "needs a teacher" if m.needs_teacher else "two heads"
+        why = "not a method" if m is None else _why_not_teacher(m)
         allowed = teacher_methods()
         raise ValueError(f"{where}={name!r}: {why}; a teacher trains with one of {allowed}")
 

@@ -50,6 +50,7 @@ def _write_csv(path, columns: dict[str, np.ndarray]) -> None:
             f.write(",".join(repr(float(v)) for v in row) + "\n")
 
 
+@pytest.mark.slow
 def test_npz_sweep_reports_each_output_in_the_files_units(tmp_path):
     x, y = _xy()
     np.savez(tmp_path / "data.npz", x=x, y=y)
@@ -115,6 +116,7 @@ def test_metrics_turn_standardised_predictions_into_the_files_units(tmp_path):
     np.testing.assert_allclose(data.y_mean, y[data.rows["train"]].mean(0), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_csv_sweep_and_parquet_read_the_same_columns(tmp_path):
     x, y = _xy(n=120)
     columns = {"a": x[:, 0], "b": x[:, 1], "unused": x[:, 0] * 0, "t0": y[:, 0], "t1": y[:, 1]}
@@ -165,6 +167,7 @@ def _build_tfds(data_dir) -> None:
     TinyAngles(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
 
 
+@pytest.mark.slow
 def test_tfds_set_sweep_on_images(tmp_path):
     _build_tfds(tmp_path / "tfds")
     config = _config(
@@ -228,6 +231,7 @@ def _near_clean_teacher(tmp_path, noise_sd=0.01):
     return tmp_path / "data.npz", tmp_path / "teacher.npy"
 
 
+@pytest.mark.slow
 def test_a_near_clean_teacher_file_finds_the_injected_outliers(tmp_path, caplog):
     data, teacher = _near_clean_teacher(tmp_path)
     config = _config(data, **{"teacher.predictions": str(teacher)})
@@ -258,6 +262,7 @@ def test_a_near_clean_teacher_file_finds_the_injected_outliers(tmp_path, caplog)
     assert "in results.jsonl already, skipped" in caplog.text
 
 
+@pytest.mark.slow
 def test_an_out_of_fold_teacher_file_with_test_predictions_gives_the_teacher_row(tmp_path):
     """The diabetes route: an .npz of train (out-of-fold), test and a fold id per row."""
     x, y = _xy(n=200)

@@ -339,6 +339,7 @@ def test_every_method_refuses_labels_without_their_feature_axis(name):
     heads = {models.MAIN_HEAD: head, models.LABEL_HEAD: head, models.TEACHER_HEAD: head}
     batch = {"y": np.zeros(8, np.float32), "teacher": head}
     constants = {"threshold": np.float32(1.0), "eta": np.float32(1.0)}
+    constants |= {k: np.float32(0.2) for k in method.constants}  # small_loss_oracle's q
     if name == "kd_l2":  # learns from the teacher alone: the teacher is the target
         batch = {"y": head, "teacher": np.zeros(8, np.float32)}
     with pytest.raises(ValueError, match=r"must be a 2-D array .* got shape \(8,\)"):

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 pytest.importorskip("torch")  # the benchmark's baseline; installed by `make test`
+pytestmark = pytest.mark.slow  # a whole benchmark in a new process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

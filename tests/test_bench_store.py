@@ -4,6 +4,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a whole benchmark in a new process
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

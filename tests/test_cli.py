@@ -50,7 +50,7 @@ def _refused(tmp_path, *args: str) -> str:
             ["--config", "sinusoid:quick", "--config.methods=('tor', 'tor_multitsk')"],
             "kd-regression: config error: methods[1]='tor_multitsk': not a method; the methods: "
             "['ail', 'bounded', 'kd_l2', 'kd_mix', 'scratch_huber', 'scratch_l1', 'scratch_l2', "
-            "'tor', 'tor_multitask']",
+            "'small_loss', 'small_loss_oracle', 'tor', 'tor_multitask']",
         ),
         (  # only the methods valid there
             ["--config", "sinusoid:quick", "--config.teacher.method=tor"],
@@ -77,6 +77,7 @@ def _refused(tmp_path, *args: str) -> str:
         ),
     ],
 )
+@pytest.mark.slow
 def test_a_config_mistake_is_one_line_and_status_2(tmp_path, args, line):
     got = _refused(tmp_path, *args)
     assert got.startswith(line), got

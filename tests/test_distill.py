@@ -58,6 +58,7 @@ def test_a_store_with_the_same_fingerprint_is_reused(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_student_from_an_array_or_a_teacher_equals_one_from_its_store(tmp_path):
     x, y = _data()
     teacher = kd.train_teacher(x, y, mlp(16), CFG)

@@ -1,11 +1,13 @@
 """End-to-end: the sinusoid sweep's :quick config, in process and through the CLI."""
 
 import contextlib
+import glob
 import io
 import json
 import math
 import os
 import re
+import struct
 import subprocess
 import sys
 
@@ -22,24 +24,57 @@ from kd_regression.datasets import sinusoid
 from kd_regression.methods import METHODS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 # The tests of one :quick run go to one test worker, so that the run is made once.
-ONE_WORKER = pytest.mark.xdist_group("quick_run")
+# Slow: the run is a whole sweep in a new process.
+def ONE_WORKER(test):
+    return pytest.mark.slow(pytest.mark.xdist_group("quick_run")(test))
+
+
 REQUIRED = {"method", "head", "noise", "level", "seed", "rmse", "mae"}
+
+
+# `import tensorflow` fails in the quick run's process, and each attempt is recorded.
+NO_TENSORFLOW = """
+import os, traceback
+with open(os.environ["TENSORFLOW_ATTEMPTS"], "a") as f:
+    f.write("".join(traceback.format_stack()) + "\\n")
+raise ImportError("tensorflow is not installed here (tests/test_experiment.py)")
+"""
 
 
 # Session scope: xdist may run other modules' tests between these on their worker, and a
 # module fixture would be made again after each such interruption.
 @pytest.fixture(scope="session")
 def quick_run(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("quick"))
-    config = sinusoid_config.get_config("quick")
-    rows = sweep.run(config, workdir)
-    return config, workdir, rows
+    """The `kd-regression --config sinusoid:quick` command, as a user runs it (no
+    JAX_PLATFORMS: JAX probes for accelerators), in a process where TensorFlow cannot be
+    imported. Returns (config, workdir, rows, the CompletedProcess, the import attempts)."""
+    root = tmp_path_factory.mktemp("quick")
+    workdir, blocker = str(root / "run"), root / "no_tensorflow"
+    (blocker / "tensorflow").mkdir(parents=True)
+    (blocker / "tensorflow" / "__init__.py").write_text(NO_TENSORFLOW)
+    attempts = root / "tensorflow_attempts.txt"
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env |= {"PYTHONPATH": str(blocker), "TENSORFLOW_ATTEMPTS": str(attempts)}
+    command = os.path.join(os.path.dirname(sys.executable), "kd-regression")
+    done = subprocess.run(
+        [command, "--config", "sinusoid:quick", "--workdir", workdir],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = report.load_rows(os.path.join(workdir, "results.jsonl"))
+    tried = attempts.read_text() if attempts.exists() else ""
+    return sinusoid_config.get_config("quick"), workdir, rows, done, tried
 
 
 @ONE_WORKER
 def test_writes_every_artifact(quick_run):
-    _, workdir, _ = quick_run
+    _, workdir, *_ = quick_run
     for name in ("results.jsonl", "summary.md", "noise_sweep.png", "fits.png", "config.json"):
         path = os.path.join(workdir, name)
         assert os.path.getsize(path) > 0, name
@@ -49,9 +84,89 @@ def test_writes_every_artifact(quick_run):
     assert not leftovers
 
 
+# Every line the command prints at the default verbosity is one of ours.
+OUR_LINES = re.compile(
+    r"^(population of \d+ seeds: |data-parallel over |cell \d+/\d+ \(|sweep finished in )"
+)
+
+
+def _crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli, reflected 0x82F63B78), bit by bit: a reference independent of
+    the writer's."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def _masked(data: bytes) -> int:
+    """TFRecord's masked CRC: rotated right by 15 bits, plus a constant."""
+    crc = _crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _records(path: str) -> list[bytes]:
+    """The records of a TFRecord file, each frame checked: length, its masked CRC32C, the
+    data, the data's masked CRC32C (the framing TensorBoard reads)."""
+    assert _crc32c(b"123456789") == 0xE3069283  # the standard check value
+    with open(path, "rb") as f:
+        data = f.read()
+    out, at = [], 0
+    while at < len(data):
+        (length,) = struct.unpack_from("<Q", data, at)
+        assert struct.unpack_from("<I", data, at + 8)[0] == _masked(data[at : at + 8]), at
+        record = data[at + 12 : at + 12 + length]
+        assert struct.unpack_from("<I", data, at + 12 + length)[0] == _masked(record), at
+        out.append(record)
+        at += 12 + length + 4
+    assert at == len(data)
+    return out
+
+
+@ONE_WORKER
+def test_without_tensorflow_the_event_files_are_framed_and_hold_the_scalars(quick_run):
+    _, workdir, *_, tried = quick_run
+    assert not tried, f"the run tried to import tensorflow:\n{tried[:3000]}"
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.util import tensor_util
+
+    logdir = os.path.join(workdir, "logs")
+    (path,) = glob.glob(os.path.join(logdir, "events.out.tfevents.*"))
+    events = [event_pb2.Event.FromString(r) for r in _records(path)]
+    assert events[0].file_version == "brain.Event:2"
+    acc = event_accumulator.EventAccumulator(logdir, size_guidance={"tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()["tensors"]
+    with open(os.path.join(logdir, "metrics.jsonl"), encoding="utf-8") as f:
+        logged = [json.loads(line) for line in f]
+    # Every scalar of metrics.jsonl is in the event file, at its step, with its value.
+    want = {(k, r["step"]): v for r in logged for k, v in r.items() if k != "step"}
+    got = {
+        (tag, e.step): float(tensor_util.make_ndarray(e.tensor_proto))
+        for tag in tags
+        for e in acc.Tensors(tag)
+    }
+    assert len(want) > 50 and any(k.endswith("/val_loss") for k, _ in want)
+    assert got.keys() == want.keys()
+    np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=1e-6)
+
+
+@ONE_WORKER
+def test_the_default_verbosity_prints_only_our_lines(quick_run):
+    """No library's INFO chatter: JAX's "Unable to initialize backend 'tpu'" on a machine
+    without one, orbax's per-save lines, matplotlib's font cache."""
+    *_, done, _ = quick_run
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert [ln for ln in lines if not OUR_LINES.match(ln)] == []
+    assert done.stdout.strip().splitlines()[-1].startswith("sweep finished in ")
+
+
 @ONE_WORKER
 def test_results_schema_and_coverage(quick_run):
-    config, workdir, rows = quick_run
+    config, workdir, rows, *_ = quick_run
     assert report.load_rows(os.path.join(workdir, "results.jsonl")) == rows
     for row in rows:
         assert REQUIRED <= set(row), row
@@ -70,7 +185,8 @@ def test_results_schema_and_coverage(quick_run):
     assert len(got) == len(set(got)), "duplicate rows"
     assert set(got) == expected
     for row in rows:
-        has_detection = row["method"] in ("tor", "tor_multitask")
+        method = METHODS.get(row["method"])
+        has_detection = bool(method and (method.rejects or method.selects))
         assert ("recall" in row) == has_detection, row
         if has_detection:
             assert 0 <= row["rejection_rate"] <= 1
@@ -78,7 +194,7 @@ def test_results_schema_and_coverage(quick_run):
 
 @ONE_WORKER
 def test_teacher_beats_a_constant_predictor_on_clean_labels(quick_run):
-    config, _, rows = quick_run
+    config, _, rows, *_ = quick_run
     test_y = sinusoid.load("test", size=config.dataset.test_size, seed=config.seed).y
     constant_rmse = float(np.std(test_y))  # the best constant predicts the mean
     clean = [r for r in rows if r["method"] == "teacher" and r["level"] == 0.0]
@@ -89,18 +205,21 @@ def test_teacher_beats_a_constant_predictor_on_clean_labels(quick_run):
 
 @ONE_WORKER
 def test_summary_has_a_table_per_noise_model(quick_run):
-    config, workdir, _ = quick_run
+    config, workdir, *_ = quick_run
     with open(os.path.join(workdir, "summary.md"), encoding="utf-8") as f:
         text = f.read()
     for kind in config.noise:
         assert f"Noise model: {kind}" in text
     assert "**" in text  # best per column marked
     assert "tor_multitask (label head)" in text
+    for kind in config.noise:  # the config's paired comparisons (report.paired_references)
+        assert f"### Paired difference to scratch_l2, {kind}" in text
+        assert "### Paired difference to the best teacher-free robust baseline" in text
 
 
 @ONE_WORKER
 def test_same_config_same_numbers(quick_run, tmp_path):
-    config, _, rows = quick_run
+    config, _, rows, *_ = quick_run
     config = sinusoid_config.get_config("quick")
     config.noise = {"outliers": [0.3]}
     config.methods = ["tor_multitask"]
@@ -115,6 +234,7 @@ def test_same_config_same_numbers(quick_run, tmp_path):
     assert again == subset
 
 
+@pytest.mark.slow
 def test_cli_from_any_directory_with_a_relative_workdir_and_config_errors(tmp_path):
     """The installed ``kd-regression`` command, run from outside the repository with a
     shipped config's name and a workdir with ``..`` in it (tensorstore refuses such paths;
@@ -176,7 +296,7 @@ def test_config_exposes_every_loss_option():
 
 @ONE_WORKER
 def test_seed_rows_are_reproduced_by_a_run_with_that_seed_alone(quick_run, tmp_path):
-    _, _, rows = quick_run
+    _, _, rows, *_ = quick_run
     config = sinusoid_config.get_config("quick")
     config.noise = {"outliers": [0.3]}
     config.methods = ["tor_multitask"]
@@ -201,6 +321,7 @@ def test_seed_rows_are_reproduced_by_a_run_with_that_seed_alone(quick_run, tmp_p
                 assert math.isclose(got[k], v, rel_tol=1e-5), (k, got, want)
 
 
+@pytest.mark.slow
 def test_rerun_resumes_and_a_changed_config_does_not(tmp_path):
     first = sweep.run(_small_config(), str(tmp_path))
     teacher_dirs = lambda: sorted(  # noqa: E731
@@ -292,6 +413,12 @@ _DELETE = object()
         ("student.checkpoint_every", 0, r"student.checkpoint_every=0: must be >= 1"),
         ("store.chunk_rows", 0, r"store.chunk_rows=0 \(must be >= 1\)"),
         ("inference_head", "main", r"inference_head='main': 'label' or 'teacher'"),
+        (
+            "report.paired_references",
+            ("scratch_l2", "best_robst"),
+            r"report.paired_references: 'best_robst' is not one of .*best_robust$",
+        ),
+        ("report.robust_baselines", ("l1",), r"report.robust_baselines: 'l1' is not one of "),
         ("methods", ("tor", "kd_l2", "tor"), r"methods=\['tor', 'kd_l2', 'tor'\]: a method is "),
         ("noise.outliers", (0.3, 0.1, 0.3), r"noise.outliers=\[0.3, 0.1, 0.3\]: a level is listed"),
         ("noise.gaussian", (0.1, 0.1000000001), r"noise.gaussian=\[0.1, 0.1000000001\]: a level"),
@@ -329,6 +456,7 @@ def test_a_workdir_that_cannot_be_written_fails_before_any_work(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["a-file"]
 
 
+@pytest.mark.slow
 def test_a_student_that_diverges_stops_the_sweep_and_the_report_says_why(tmp_path):
     from kd_regression import metric_window
 
@@ -380,7 +508,7 @@ def test_exported_student_reproduces_its_results_row(quick_run, capsys):
     onnxruntime and as reloaded StableHLO on the clean test split, has the RMSE of its
     results.jsonl row; the JSON says how to use the file."""
 
-    config, workdir, rows = quick_run
+    config, workdir, rows, *_ = quick_run
     argv = ["--workdir", workdir, "--cell", "outliers_0.3", "--method", "tor_multitask"]
     assert export_cli.main([*argv, "--seed", "1"]) == 0
     assert "wrote" in capsys.readouterr().out
@@ -413,7 +541,7 @@ def test_exported_student_reproduces_its_results_row(quick_run, capsys):
 @ONE_WORKER
 def test_exported_teacher_and_both_heads(quick_run):
 
-    config, workdir, rows = quick_run
+    config, workdir, rows, *_ = quick_run
     paths = export_cli.export_model(
         workdir, cell="outliers_0.3", method="teacher", seed=0, formats=("onnx",)
     )
@@ -440,7 +568,10 @@ def test_exported_teacher_and_both_heads(quick_run):
     "args, named",
     [
         (["--cell", "outliers_0.5", "--method", "tor", "--seed", "0"], "outliers_0, outliers_0.3"),
-        (["--cell", "outliers_0.3", "--method", "tr", "--seed", "0"], "scratch_l2, teacher, tor"),
+        (
+            ["--cell", "outliers_0.3", "--method", "tr", "--seed", "0"],
+            "scratch_l2, small_loss, small_loss_oracle, teacher, tor",
+        ),
         (["--cell", "outliers_0.3", "--method", "tor", "--seed", "7"], "seed 7 of tor: 0, 1"),
         (
             ["--cell", "outliers_0.3", "--method", "tor", "--seed", "0", "--head", "label"],
@@ -455,7 +586,7 @@ def test_exported_teacher_and_both_heads(quick_run):
 @ONE_WORKER
 def test_a_bad_export_request_names_what_exists_and_writes_nothing(quick_run, capsys, args, named):
 
-    _, workdir, _ = quick_run
+    _, workdir, *_ = quick_run
     before = sorted(os.walk(workdir))
     assert export_cli.main(["--workdir", workdir, *args]) == 2
     err = capsys.readouterr().err
@@ -468,7 +599,7 @@ def test_an_unfinished_cell_is_not_exported(quick_run, tmp_path, capsys):
     """A cell whose rows are not (all) in results.jsonl did not finish: refused, naming the
     finished ones, though its checkpoints are there."""
 
-    _, workdir, rows = quick_run
+    _, workdir, rows, *_ = quick_run
     copy = tmp_path / "w"
     os.makedirs(copy)
     for name in ("config.json", "inputs.json"):
@@ -500,7 +631,7 @@ def test_readme_onnxruntime_snippet_runs_on_an_exported_student(quick_run):
 
     from test_readme import AFTER_EXPORT
 
-    _, workdir, _ = quick_run
+    _, workdir, *_ = quick_run
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         readme = f.read()
     command = re.search(r"python -m experiments\.export (.*?)#", readme, flags=re.S).group(1)
@@ -519,6 +650,7 @@ def test_readme_onnxruntime_snippet_runs_on_an_exported_student(quick_run):
         assert expected.strip() in out.getvalue(), (expected, out.getvalue())
 
 
+@pytest.mark.slow
 def test_an_out_of_fold_teacher_exports_as_the_mean_of_its_folds(tmp_path):
     """teacher.folds=2: the teacher's row is the mean of its two fold teachers; so is the
     exported file."""
@@ -555,7 +687,7 @@ def test_a_fit_whose_final_checkpoint_is_gone_is_not_exported(quick_run, monkeyp
     from experiments import trained
     from kd_regression import loop
 
-    _, workdir, _ = quick_run
+    _, workdir, *_ = quick_run
     real = loop.load_trained
 
     def earlier(directory, template, *, name):
@@ -575,7 +707,7 @@ def test_a_fit_whose_final_checkpoint_is_gone_is_not_exported(quick_run, monkeyp
 def test_a_failed_export_leaves_the_previous_one_as_it_was(quick_run, monkeypatch):
     """ONNX checked and staged, then StableHLO fails: the earlier export stays as it was, no
     staging directory is left; an export with fewer formats removes the others' files."""
-    _, workdir, _ = quick_run
+    _, workdir, *_ = quick_run
     kwargs = {"cell": "outliers_0", "method": "scratch_l2", "seed": 0}
     paths = export_cli.export_model(workdir, **kwargs)
     directory = os.path.dirname(paths["onnx"])
@@ -601,7 +733,7 @@ def test_a_failed_export_leaves_the_previous_one_as_it_was(quick_run, monkeypatc
 
 @ONE_WORKER
 def test_a_file_without_the_inference_head_says_so(quick_run):
-    _, workdir, _ = quick_run
+    _, workdir, *_ = quick_run
     paths = export_cli.export_model(
         workdir,
         cell="outliers_0",

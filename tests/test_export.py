@@ -75,6 +75,7 @@ FORMATS = {
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
 @pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.slow
 def test_the_exported_model_equals_the_jax_model_at_any_batch(tmp_path, name, fmt):
     model_fn, shape = BUILDERS[name]
     graphdef, state = _trained_like(model_fn)
@@ -103,6 +104,7 @@ def test_the_exported_model_equals_the_jax_model_at_any_batch(tmp_path, name, fm
     "fmt,match",
     [("stablehlo", "cannot be exported to StableHLO"), ("onnx", "cannot be converted to ONNX")],
 )
+@pytest.mark.slow
 def test_an_operation_that_cannot_be_exported_is_named_and_nothing_is_written(tmp_path, fmt, match):
     def with_callback(x):  # a host callback: no file format can hold it
         y = jax.pure_callback(np.tanh, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
@@ -121,6 +123,7 @@ def test_an_operation_that_cannot_be_exported_is_named_and_nothing_is_written(tm
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.slow
 def test_a_student_trained_as_taps_exports_as_grouped_convolutions(tmp_path, fmt, caplog):
     """The same parameters in the other depthwise form are checked against the model as
     trained (``reference``); a function that differs from its reference is refused. The

@@ -44,7 +44,8 @@ def test_an_error_inside_a_deferred_section_wins_and_the_signal_waits_for_the_ne
 
 
 def test_an_interrupt_a_library_swallowed_is_raised_again_at_the_next_check():
-    # clu's import of TensorFlow does this to a signal that arrives early in it (measured).
+    # TensorFlow's import did this to a signal that arrived early in it (measured when a
+    # metric writer imported it); any library may.
     with interrupts.handle():
         try:
             os.kill(os.getpid(), signal.SIGTERM)

@@ -44,6 +44,16 @@ def np_tor_grad(s, y, t, thr, rejection):
     return np.where(keep, 2 * (np.float64(s) - y), other)
 
 
+def np_small_loss(s, y, q):
+    """Trimmed L2 by sorting: the floor(q·B) largest errors (earlier index first among
+    equals) set to 0."""
+    err = np_sq(s, y)
+    n_drop = int(np.floor(q * len(err) + 1e-4))
+    dropped = np.zeros(len(err), bool)
+    dropped[sorted(range(len(err)), key=lambda i: (-err[i], i))[:n_drop]] = True
+    return np.where(dropped, 0.0, err), dropped
+
+
 def _assert_close(actual, expected):
     np.testing.assert_allclose(np.asarray(actual), expected, rtol=RTOL, atol=ATOL)
 
@@ -167,6 +177,32 @@ def test_multitask_distillation(d, rejection, weight):
     ref = np_tor(ha, y, t, thr, rejection) + weight * np_sq(hb, t)
     ref_grads = (np_tor_grad(ha, y, t, thr, rejection), 2 * weight * (np.float64(hb) - t))
     _check_value_and_grad(fn, (ha, hb, y, t), ref, ref_grads, argnums=(0, 1))
+
+
+@pytest.mark.parametrize("d", DIMS)
+@pytest.mark.parametrize("q", [0.0, 0.1, 0.25, 0.3, 0.5, 0.9])
+def test_small_loss(d, q):
+    s, y = _inputs(d, 2)
+    y[2::4] += 5.0  # gross label errors: the largest losses
+    ref, dropped = np_small_loss(s, y, q)
+    assert dropped.sum() == int(q * BATCH + 1e-4)  # 0.3 · 16 = 4.8: 4 dropped
+    grad = np.where(dropped[:, None], 0.0, 2 * (np.float64(s) - y))
+    fn = functools.partial(losses.small_loss, drop_fraction=q)
+    _check_value_and_grad(fn, (s, y), ref, grad)
+    mask = jax.jit(losses.small_loss_mask)(np_sq(s, y).astype(np.float32), drop_fraction=q)
+    np.testing.assert_array_equal(mask, dropped)
+    # Traced q, as small_loss_oracle's per-seed rate: the same selection.
+    traced = jax.jit(lambda q: losses.small_loss(s, y, drop_fraction=q))(jnp.float32(q))
+    _assert_close(traced, ref)
+
+
+def test_small_loss_drops_exact_fractions_and_ties_by_index():
+    # 0.3 · 10 = 3 examples (float32's 0.3 · 10 is 2.9999998 before rounding down).
+    loss = np.array([5, 1, 5, 0, 2, 5, 3, 5, 4, 1], np.float32)
+    mask = losses.small_loss_mask(loss, drop_fraction=0.3)
+    np.testing.assert_array_equal(np.flatnonzero(mask), [0, 2, 5])  # four 5s: the first 3
+    assert not losses.small_loss_mask(loss, drop_fraction=0.0).any()
+    assert losses.small_loss_mask(loss, drop_fraction=0.99).sum() == 9  # one always kept
 
 
 @pytest.mark.parametrize("name", ["squared_error", "tor_drop", "tor_teacher", "multitask"])
@@ -355,6 +391,7 @@ VMAP_CASES = {
         s, 2 * s, y, t, threshold=thr, weight=0.5
     ),
     "attentive": lambda s, y, t, thr: losses.attentive_imitation(s, y, t, eta=thr**2),
+    "small_loss": lambda s, y, t, thr: losses.small_loss(s, y, drop_fraction=thr / 4),
 }
 
 
@@ -489,6 +526,22 @@ ERROR_CASES = {
         lambda: losses.multitask_distillation(X, X, X, X, threshold=1.0, weight=-0.5),
         r"`weight` must be >= 0, got -0.5",
     ),
+    "small_loss_q_one": (
+        lambda: losses.small_loss(X, X, drop_fraction=1.0),
+        r"`drop_fraction` must be in \[0, 1\), got 1.0",
+    ),
+    "small_loss_q_negative": (
+        lambda: losses.small_loss_mask(np.zeros(4, np.float32), drop_fraction=-0.1),
+        r"`drop_fraction` must be in \[0, 1\)",
+    ),
+    "small_loss_mask_2d": (
+        lambda: losses.small_loss_mask(X, drop_fraction=0.2),
+        r"`loss` must be a 1-D float array \[batch\], got float32 \(4, 3\)",
+    ),
+    "small_loss_vector_q": (
+        lambda: losses.small_loss_mask(np.zeros(4, np.float32), drop_fraction=np.ones(2)),
+        r"`drop_fraction` must be a scalar, got shape \(2,\)",
+    ),
     "shape_mismatch_under_jit": (
         lambda: jax.jit(losses.squared_error)(X, X[:2]),
         r"Shapes must match",
@@ -530,6 +583,7 @@ BROADCAST_CASES = {
     "attentive_imitation": (losses.attentive_imitation, 3, {"eta": 1.0}),
     "mixed_distillation": (losses.mixed_distillation, 3, {}),
     "multitask_distillation": (losses.multitask_distillation, 4, {"threshold": 1.0}),
+    "small_loss": (losses.small_loss, 2, {"drop_fraction": 0.2}),
 }
 
 

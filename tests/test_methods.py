@@ -18,6 +18,8 @@ NAMES = {
     "ail",
     "tor",
     "tor_multitask",
+    "small_loss",
+    "small_loss_oracle",
 }
 CONFIGS = {
     "default": LossConfig(),
@@ -32,6 +34,7 @@ CONFIGS = {
         threshold_q=0.6,
         rejection="teacher",
         multitask_weight=0.7,
+        small_loss_drop=0.4,
     ),
 }
 
@@ -63,6 +66,8 @@ def _expected(name, heads, batch, c, cfg):
         "tor": lambda: losses.teacher_outlier_rejection(
             s, y, t, threshold=thr, rejection=cfg.rejection
         ),
+        "small_loss": lambda: losses.small_loss(s, y, drop_fraction=cfg.small_loss_drop),
+        "small_loss_oracle": lambda: losses.small_loss(s, y, drop_fraction=c["noise_rate"]),
         "tor_multitask": lambda: losses.multitask_distillation(
             heads["label"],
             heads["teacher"],
@@ -80,8 +85,10 @@ def test_registry():
     for name, m in methods.METHODS.items():
         assert m.name == name and methods.get_method(name) is m
         assert m.two_heads == (name == "tor_multitask")
-        assert m.needs_teacher == (not name.startswith("scratch_"))
+        assert m.needs_teacher == (not name.startswith(("scratch_", "small_loss")))
+        assert m.selects == name.startswith("small_loss")
         assert m.description
+    assert methods.teacher_methods() == ["scratch_huber", "scratch_l1", "scratch_l2"]
 
 
 def test_get_method_unknown_lists_names():
@@ -99,6 +106,7 @@ def test_method_loss_matches_losses(name, cfg_name):
     # Constants from the first half only, like a training split seen from held-out rows:
     # some teacher errors exceed eta, so AIL's clip matters.
     c = methods.loss_constants(batch["y"][:8], batch["teacher"][:8], cfg)
+    c["noise_rate"] = jnp.float32(0.3)  # small_loss_oracle's known rate (given by the caller)
     rejected = losses.outlier_mask(batch["y"], batch["teacher"], threshold=c["threshold"])
     assert 0 < int(rejected.sum()) < len(rejected)
     # Only the heads the method's model has: using another head is a KeyError.
@@ -110,6 +118,9 @@ def test_method_loss_matches_losses(name, cfg_name):
     if name.startswith("tor"):
         assert set(aux) == {"rejected_fraction"}
         np.testing.assert_allclose(aux["rejected_fraction"], np.mean(rejected), rtol=1e-6)
+    elif name.startswith("small_loss"):
+        q = cfg.small_loss_drop if name == "small_loss" else 0.3
+        assert float(aux["rejected_fraction"]) == int(q * 16 + 1e-4) / 16
     else:
         assert aux == {}
 
@@ -124,6 +135,7 @@ def test_method_loss_matches_losses(name, cfg_name):
         ({"threshold_k": 0.0}, "threshold_k"),
         ({"threshold_q": 1.1}, "threshold_q"),
         ({"multitask_weight": -0.5}, "multitask_weight"),
+        ({"small_loss_drop": 1.0}, "small_loss_drop"),
         ({"threshold_method": "mean"}, "threshold_method"),
         ({"threshold_method": "fixed"}, "threshold_value"),
         ({"rejection": "ignore"}, "rejection"),

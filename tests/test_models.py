@@ -128,6 +128,7 @@ IMAGE_TRUNK_PARAMS = {"resnet": 44 + 304 + 944, "mobilenet": 44 + 68 + 92}
 
 @pytest.mark.parametrize("trunk", sorted(IMAGE_TRUNK_PARAMS))
 @pytest.mark.parametrize("two_heads", [False, True])
+@pytest.mark.slow
 def test_image_regressor_on_gaze_sized_images(trunk, two_heads):
     model = models.image_regressor(
         trunk, 1, [4, 8], 2, stem=4, two_heads=two_heads, rngs=nnx.Rngs(0)
@@ -146,6 +147,7 @@ def test_image_regressor_on_gaze_sized_images(trunk, two_heads):
 
 @pytest.mark.parametrize("trunk", ["resnet", "mobilenet"])
 @pytest.mark.parametrize("two_heads", [False, True])
+@pytest.mark.slow
 def test_image_regressors(trunk, two_heads):
     model = models.image_regressor(trunk, 1, (8, 16), 2, two_heads=two_heads, rngs=nnx.Rngs(0))
     heads = model(np.ones((3, 25, 25, 1), np.float32))
@@ -155,6 +157,7 @@ def test_image_regressors(trunk, two_heads):
         model(np.ones((3, 25), np.float32))
 
 
+@pytest.mark.slow
 def test_teacher_is_much_larger_than_student():
     teacher = models.image_regressor("resnet", 1, (16, 32, 64), 2, rngs=nnx.Rngs(0))
     # The architectures' FLOPs: XLA's count of a grouped convolution (the shifted-copies
@@ -185,6 +188,7 @@ def test_bad_image_trunks():
         models.image_trunk("resnet", 1, (), rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow
 def test_stem_stride_cuts_flops():
     full = models.image_regressor("resnet", 1, (8, 16), 2, rngs=nnx.Rngs(0))
     strided = models.image_regressor("resnet", 1, (8, 16), 2, stem_stride=2, rngs=nnx.Rngs(0))
@@ -202,6 +206,7 @@ def test_stem_stride_cuts_flops():
     "shape,stride",
     [((3, 25, 25, 4), 1), ((3, 25, 25, 4), 2), ((2, 36, 60, 3), 2), ((2, 6, 9, 5), 3)],
 )
+@pytest.mark.slow
 def test_depthwise_taps_equal_a_grouped_convolution(shape, stride):
     """Values and gradients, odd and even sizes (even ones pad asymmetrically)."""
     x = jax.random.normal(jax.random.key(0), shape)

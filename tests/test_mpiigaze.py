@@ -243,6 +243,7 @@ def test_build_command(tmp_path, capsys):
     assert "mpii_gaze" in out and "p14: 9" in out
 
 
+@pytest.mark.slow
 def test_quick_config_end_to_end(built, tmp_path):
     from experiments import sweep
 

@@ -158,6 +158,7 @@ def test_build_command(tmp_path, capsys):
     assert "image_size" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_quick_config_end_to_end(built, tmp_path):
     from experiments import sweep
 

@@ -5,10 +5,13 @@ import io
 import os
 import re
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AFTER_EXPORT = "# After the export command above:"
 
 
+@pytest.mark.slow
 def test_readme_python_example_runs():
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)

@@ -27,7 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "tests", "tiny_config.py")
 COMMAND = os.path.join(os.path.dirname(sys.executable), "kd-regression")
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
-pytestmark = pytest.mark.xdist_group("reliability")  # one worker: the reference is shared
+# One worker: the reference is shared. Slow: real runs of the command.
+pytestmark = [pytest.mark.xdist_group("reliability"), pytest.mark.slow]
 
 # argv[1]: what to do, then the command's own arguments. Actions:
 #   slow-save:N:MARKER  the N-th checkpoint save sleeps 3 s once started, after creating

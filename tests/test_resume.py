@@ -169,6 +169,7 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.xdist_group("uninterrupted")
+@pytest.mark.slow
 def test_killed_at_every_stage_then_rerun_equals_an_uninterrupted_run(uninterrupted, tmp_path):
     # Cells run in the order gaussian_0.2, outliers_0, outliers_0.3 (the one drawn in fits.png).
     # Teacher checkpoints every 100 steps, students every 50: each kill loses work since.
@@ -222,6 +223,7 @@ def test_damaged_results_line_is_an_error_naming_the_line(tmp_path):
 
 
 @pytest.mark.xdist_group("uninterrupted")
+@pytest.mark.slow
 def test_results_of_another_config_are_never_mixed_in(uninterrupted, tmp_path):
     workdir = tmp_path / "other"
     shutil.copytree(uninterrupted, workdir)
@@ -235,3 +237,23 @@ def test_results_of_another_config_are_never_mixed_in(uninterrupted, tmp_path):
         done.stderr
     )
     assert (workdir / "results.jsonl").read_bytes() == before
+
+
+def test_a_config_from_before_a_key_existed_is_the_same_config(tmp_path):
+    from experiments import resume
+    from experiments.configs import sinusoid
+
+    config = sinusoid.get_config("quick")
+    old = json.loads(config.to_json_best_effort())
+    for path in resume.NEW_KEYS:  # written before these keys existed, at their old values
+        *parents, leaf = path.split(".")
+        node = old
+        for key in parents:
+            node = node[key]
+        del node[leaf]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    config.quick = False  # the value these keys had then
+    resume.check_same_config(str(tmp_path), config)
+    config.loss.small_loss_drop = 0.3  # but a changed value is another config
+    with pytest.raises(ValueError, match=r"loss.small_loss_drop: 0.2 -> 0.3"):
+        resume.check_same_config(str(tmp_path), config)

@@ -67,13 +67,16 @@ EIGHT_DEVICES = textwrap.dedent(
     import test_sharding as t
 
     assert jax.device_count() == 8, jax.devices()
-    for name, model_fn, x_shape in [
-        ("mlp", functools.partial(models.mlp, 1, [16], 1, two_heads=True), (32, 1)),
+    for name, model_fn, x_shape, method in [
+        ("mlp", functools.partial(models.mlp, 1, [16], 1, two_heads=True), (32, 1),
+         "tor_multitask"),
         ("cnn", functools.partial(models.image_regressor, "resnet", 1, (4, 8), 1,
                                   two_heads=True, stem=4, stem_stride=2,
-                                  blocks_per_stage=1), (16, 12, 12, 1)),
+                                  blocks_per_stage=1), (16, 12, 12, 1), "tor_multitask"),
+        # Its batch-wide ranking gathers the split losses: the same examples dropped.
+        ("small_loss", functools.partial(models.mlp, 1, [16], 1), (32, 1), "small_loss"),
     ]:
-        state, step, batches = t._setup(model_fn, x_shape)
+        state, step, batches = t._setup(model_fn, x_shape, method)
         results = {}
         for n in (1, 8):
             mesh = sharding.make_mesh(n)
@@ -127,10 +130,12 @@ EIGHT_DEVICES = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_same_step_on_1_and_8_devices_and_no_retrace():
     out = _run_script(EIGHT_DEVICES)
     assert "mlp same on 1 and 8 devices" in out.stdout
     assert "cnn same on 1 and 8 devices" in out.stdout
+    assert "small_loss same on 1 and 8 devices" in out.stdout
     assert "retrace caught" in out.stdout
     assert "batch_size=12 does not split over 8 devices: use a multiple of 8 (e.g. 8 or 16)" in (
         out.stdout
@@ -236,6 +241,7 @@ FIT_ON_MESH = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_fit_on_a_mesh_compiles_once_and_matches_one_device(tmp_path):
     out = _run_script(FIT_ON_MESH, str(tmp_path))
     assert "1 compiles after step 12: 0" in out.stdout
@@ -286,6 +292,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_sweep_same_on_1_and_8_devices_and_on_2_processes(tmp_path):
     """The sweep on 1 device, on 8 (one process), and on 2 processes x 4 devices (JAX's
     multi-process runtime over localhost: each process feeds and reads its own rows)."""

@@ -17,6 +17,7 @@ def test_faces_metrics_are_angular_errors_in_degrees():
     assert task.label_range(faces_config.get_config().dataset, {}) == (-60.0, 60.0)
 
 
+@pytest.mark.slow
 def test_faces_quick_sweep_end_to_end(tmp_path):
     config = faces_config.get_config("quick")
     config.noise = {"outliers": [0.3]}

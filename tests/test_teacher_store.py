@@ -197,6 +197,7 @@ def _computed_rows(log):
 
 
 @pytest.mark.parametrize("stagger", [0.0, 1.5])
+@pytest.mark.slow
 def test_parallel_writers_fill_disjoint_ranges(tmp_path, stagger):
     # Started together (both create the store) or one after the other has begun.
     directory, logs = str(tmp_path / "s"), [str(tmp_path / f"log{i}") for i in (0, 1)]

@@ -753,6 +753,7 @@ def test_fit_writes_metrics(tmp_path):
     assert "student/finite" not in rows[2]
 
 
+@pytest.mark.slow
 def test_batch_norm_statistics_train_and_freeze():
     model_fn = functools.partial(models.image_regressor, "mobilenet", 1, (4, 8), 2)
     graphdef, state = train.init_state(model_fn, TX, jax.random.key(0))

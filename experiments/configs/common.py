@@ -49,6 +49,13 @@ def base(dataset_name: str, *, huber_delta: float) -> ml_collections.ConfigDict:
     config.inference_head = "label"
     # True in a `:quick` variant: summary.md then says its numbers check the plumbing only.
     config.quick = False
+    # summary.md compares every student with each of these, paired by seed
+    # (experiments/paired.py): a method of the registry, or "best_robust": in each column,
+    # the one of report.robust_baselines with the lowest mean error (ours). A reference the
+    # sweep did not run has no table.
+    config.report = ml_collections.ConfigDict()
+    config.report.paired_references = ("scratch_l2", "best_robust")
+    config.report.robust_baselines = ("scratch_l1", "scratch_huber")
     return config
 
 
@@ -82,6 +89,9 @@ def loss(*, huber_delta: float) -> ml_collections.ConfigDict:
     c.bounded_weight = 1.0  # Chen et al. 2017: ν
     c.ail_alpha = 0.5  # Saputra et al. 2019: α
     c.ail_clip = True  # clip Φ to [0, 1] (ours)
+    # small_loss: the fraction q of each batch dropped, fixed from the first step (ours;
+    # Co-teaching ramps q up over training). small_loss_oracle uses the true outlier rate.
+    c.small_loss_drop = 0.2
     return c
 
 
