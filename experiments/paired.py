@@ -19,12 +19,20 @@ import math
 import numpy as np
 from scipy import stats
 
-__all__ = ["BEST_ROBUST", "ROBUST", "Paired", "paired_differences", "resolve_reference"]
+__all__ = [
+    "BEST_ROBUST",
+    "ROBUST",
+    "Paired",
+    "paired_differences",
+    "paired_records",
+    "resolve_reference",
+]
 
 # A reference named by its role: in each cell, the teacher-free robust baseline with the
 # lowest mean error there (of the ``robust`` methods given).
 BEST_ROBUST = "best_robust"
-ROBUST = ("scratch_l1", "scratch_huber")  # the teacher-free robust baselines, by default
+# The teacher-free robust baselines, by default: robust losses and small-loss selection.
+ROBUST = ("scratch_l1", "scratch_huber", "small_loss")
 TEACHER = "teacher"
 
 
@@ -78,7 +86,10 @@ def resolve_reference(cell: dict, reference: str, robust: tuple[str, ...]) -> st
     the cell has no such method)."""
     if reference != BEST_ROBUST:
         return reference if reference in cell else None
-    means = [(float(np.mean(list(cell[m].values()))), m) for m in robust if m in cell]
+    # Summed in (seed, fold) order: the same mean, to the last bit, whatever the row order.
+    means = [
+        (float(np.mean([v for _, v in sorted(cell[m].items())])), m) for m in robust if m in cell
+    ]
     return min(means)[1] if means else None
 
 
@@ -128,3 +139,40 @@ def _pair(values: dict, ref: dict, label: str, ref_label: str, key, confidence) 
         return Paired(mean, math.nan, math.nan, int(np.sum(d < 0)), n)
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * np.std(d, ddof=1) / math.sqrt(n))
     return Paired(mean, mean - half, mean + half, int(np.sum(d < 0)), n)
+
+
+def paired_records(
+    rows: list[dict], metric: str, references: tuple[str, ...], *, robust: tuple[str, ...] = ROBUST
+) -> list[dict]:
+    """paired.jsonl: one record per (noise, level, method, head, reference) of
+    :func:`paired_differences`, sorted: ``noise, level, method, head, reference`` (the
+    method compared with; ``reference_rule`` says how it was chosen: its own name, or
+    ``best_robust``), ``metric, n, mean_diff, ci_low, ci_high, improved`` (seeds with a
+    strictly lower metric). An interval of fewer than 2 seeds is null."""
+    names = {_label(r): (r["method"], r["head"]) for r in rows if r["method"] != TEACHER}
+    out = []
+    for rule in references:
+        for (noise, level), (ref, diffs) in paired_differences(
+            rows, metric, rule, robust=robust
+        ).items():
+            for label, d in diffs.items():
+                method, head = names[label]
+                out.append(
+                    {
+                        "noise": noise,
+                        "level": level,
+                        "method": method,
+                        "head": head,
+                        "reference": ref,
+                        "reference_rule": rule,
+                        "metric": metric,
+                        "n": d.n,
+                        "mean_diff": d.mean,
+                        "ci_low": None if math.isnan(d.low) else d.low,
+                        "ci_high": None if math.isnan(d.high) else d.high,
+                        "improved": d.improved,
+                    }
+                )
+    return sorted(
+        out, key=lambda r: (r["noise"], r["level"], r["reference_rule"], r["method"], r["head"])
+    )

@@ -18,7 +18,8 @@ TEACHER = "teacher"
 DETECTION = ("rejection_rate", "precision", "recall")
 # The methods whose rejection summary.md scores (tor_multitask rejects as tor does).
 DETECTORS = ("tor", "small_loss", "small_loss_oracle")
-OUTPUTS = ("summary.md", "noise_sweep.png", "fits.png", "paired.png")  # what write_all writes
+# What write_all writes.
+OUTPUTS = ("summary.md", "noise_sweep.png", "fits.png", "paired.png", "paired.jsonl")
 # paired.png's methods (ours: the robust baselines, plain distillation and TOR), if run.
 PAIRED_METHODS = (
     "scratch_l1",
@@ -414,7 +415,8 @@ def write_all(
     references: tuple[str, ...] = (),
     robust: tuple[str, ...] = paired.ROBUST,
 ) -> list[str]:
-    """summary.md, noise_sweep.png and (with ``fits``) fits.png in ``workdir``; their paths."""
+    """summary.md, noise_sweep.png, (with ``fits``) fits.png and (with ``references``)
+    paired.jsonl and paired.png in ``workdir``; their paths."""
     text = summary_markdown(
         rows,
         elapsed_s=elapsed_s,
@@ -426,13 +428,19 @@ def write_all(
         references=references,
         robust=robust,
     )
-    summary, sweep_png, fits_png, paired_png = (os.path.join(workdir, n) for n in OUTPUTS)
+    summary, sweep_png, fits_png, paired_png, paired_jsonl = (
+        os.path.join(workdir, n) for n in OUTPUTS
+    )
     atomic_write_text(summary, text)
     plot_noise_sweep(rows, sweep_png, metric, test_labels)
     paths = [summary, sweep_png]
     if fits is not None:
         plot_fits(fits, fits_png)
         paths.append(fits_png)
+    records = paired.paired_records(rows, metric[0], references, robust=robust)
+    if records:
+        atomic_write_text(paired_jsonl, "".join(json.dumps(r) + "\n" for r in records))
+        paths.append(paired_jsonl)
     if references and plot_paired(rows, paired_png, metric, references[0], robust):
         paths.append(paired_png)
     return paths

@@ -103,7 +103,8 @@ def _start(config: ml_collections.ConfigDict, workdir: str, task) -> dict:
     sharding.check_agreement(repr(sorted(done, key=repr)), f"the finished cells in {workdir}")
     if sharding.is_primary():
         resume.remove_temporaries(workdir)
-        stale = [resume.FAILURE_FILE, "paired.png"]  # paired.png: the end draws it again
+        # paired.*: the end writes them again (none without references).
+        stale = [resume.FAILURE_FILE, "paired.png", "paired.jsonl"]
         stale += [] if done else [resume.FITS_FILE, "fits.png"]  # of an earlier config
         for name in stale:
             with contextlib.suppress(FileNotFoundError):

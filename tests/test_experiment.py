@@ -75,7 +75,9 @@ def quick_run(tmp_path_factory):
 @ONE_WORKER
 def test_writes_every_artifact(quick_run):
     _, workdir, *_ = quick_run
-    for name in ("results.jsonl", "summary.md", "noise_sweep.png", "fits.png", "config.json"):
+    names = ["results.jsonl", "summary.md", "noise_sweep.png", "fits.png", "config.json"]
+    names += ["paired.jsonl", "paired.png"]  # report.paired_references
+    for name in names:
         path = os.path.join(workdir, name)
         assert os.path.getsize(path) > 0, name
     events = [f for f in os.listdir(os.path.join(workdir, "logs")) if "tfevents" in f]

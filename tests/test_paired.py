@@ -1,5 +1,6 @@
 """experiments.paired: paired differences to a reference method, their t intervals."""
 
+import json
 import random
 
 import numpy as np
@@ -106,3 +107,48 @@ def test_summary_shows_the_paired_tables_bold_where_resolved():
     assert f"| tor | **{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}] 5/5** |" in text
     assert "| scratch_l2 | (reference) |" in text
     assert "Paired" not in report.summary_markdown(_rows())  # none asked for
+
+
+def test_paired_jsonl_one_record_per_comparison_the_same_for_shuffled_rows(tmp_path):
+    """write_all's paired.jsonl: the fields the README names, a record per (noise, level,
+    method, head, reference) without the teacher, the same bytes whatever the row order."""
+    errors = {**ERRORS, "scratch_huber": [0.29, 0.24, 0.30, 0.26, 0.30]}
+    rows = _rows(errors) + [
+        {**r, "method": "tor_multitask", "head": h}
+        for r in _rows({"tor": ERRORS["tor"]})
+        if r["method"] == "tor"
+        for h in ("label", "teacher")
+    ]
+    references = ("scratch_l2", paired.BEST_ROBUST)
+    written = []
+    for order in (rows, random.Random(1).sample(rows, len(rows))):
+        out = tmp_path / str(len(written))
+        out.mkdir()
+        paths = report.write_all(order, None, str(out), references=references)
+        assert str(out / "paired.jsonl") in paths
+        written.append((out / "paired.jsonl").read_bytes())
+    assert written[0] == written[1]
+    records = [json.loads(line) for line in written[0].decode().splitlines()]
+    fields = ["noise", "level", "method", "head", "reference", "reference_rule", "metric"]
+    fields += ["n", "mean_diff", "ci_low", "ci_high", "improved"]
+    assert all(list(r) == fields for r in records)
+    keys = {(r["method"], r["head"], r["reference_rule"]) for r in records}
+    students = {("scratch_l1", "main"), ("scratch_huber", "main"), ("tor", "main")}
+    students |= {("tor_multitask", "label"), ("tor_multitask", "teacher")}
+    assert keys == {(*s, "scratch_l2") for s in students} | {
+        (*s, "best_robust")
+        for s in students | {("scratch_l2", "main")}
+        if s != ("scratch_huber", "main")  # the best robust baseline here: the reference
+    }
+    (tor,) = [r for r in records if (r["method"], r["reference_rule"]) == ("tor", "scratch_l2")]
+    d = paired.paired_differences(rows, "rmse", "scratch_l2")[("outliers", 0.3)][1]["tor"]
+    assert (tor["mean_diff"], tor["ci_low"], tor["ci_high"]) == (d.mean, d.low, d.high)
+    assert tor["reference"] == "scratch_l2" and tor["n"] == 5 and tor["improved"] == 5
+    assert {r["reference"] for r in records if r["reference_rule"] == "best_robust"} == {
+        "scratch_huber"
+    }
+
+
+def test_no_references_no_paired_jsonl(tmp_path):
+    report.write_all(_rows(), None, str(tmp_path))
+    assert not (tmp_path / "paired.jsonl").exists()

@@ -55,7 +55,7 @@ def base(dataset_name: str, *, huber_delta: float) -> ml_collections.ConfigDict:
     # sweep did not run has no table.
     config.report = ml_collections.ConfigDict()
     config.report.paired_references = ("scratch_l2", "best_robust")
-    config.report.robust_baselines = ("scratch_l1", "scratch_huber")
+    config.report.robust_baselines = ("scratch_l1", "scratch_huber", "small_loss")
     return config
 
 
