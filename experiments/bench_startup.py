@@ -6,8 +6,8 @@ Runs ``python -m experiments.main --config CONFIG`` in a fresh process (a new wo
 round) and prints, as medians over the rounds: the start-up time (from the command to the
 sweep's "data-parallel over ..." line, printed just before the first cell starts), the
 whole run's wall time, the process's peak resident memory, and whether TensorFlow was
-imported; then the size of the Python environment running it (its ``sys.prefix``). The
-README's Dependencies table and docs/dependencies.md were made with it.
+imported; then the size of the Python environment running it (its ``sys.prefix``).
+docs/dependencies.md's table was made with it.
 """
 
 from __future__ import annotations

@@ -21,7 +21,13 @@ from absl import logging
 
 from experiments import tasks
 from kd_regression import models, noise, sharding, train
-from kd_regression.methods import METHODS, LossConfig, check_teacher_method, get_method
+from kd_regression.methods import (
+    METHODS,
+    NOISE_RATE,
+    LossConfig,
+    check_teacher_method,
+    get_method,
+)
 from kd_regression.trainer import TrainConfig
 
 TEACHER = "teacher"
@@ -134,6 +140,7 @@ def _validate(config: ml_collections.ConfigDict) -> LossConfig:
     roles = ("student",) if given is not None else (TEACHER, "student")  # what trains
     _check_seeds(config)
     _check_methods(config)
+    _check_oracle(config, task)
     _check_noise(config)
     _check_parts(config, task, roles)
     if config.store.chunk_rows < 1 or config.store.parity_sample < 0:
@@ -194,6 +201,18 @@ def _check_methods(config: ml_collections.ConfigDict) -> None:
     check_teacher_method(config.teacher.method, "teacher.method")
     if len(set(config.methods)) != len(config.methods):
         raise ValueError(f"methods={list(config.methods)}: a method is listed twice")
+
+
+def _check_oracle(config: ml_collections.ConfigDict, task) -> None:
+    """An oracle method needs the true fraction of corrupted labels: known only where the
+    task's labels are clean and every corruption is the experiment's own."""
+    oracles = [m for m in config.methods if NOISE_RATE in METHODS[m].constants]
+    if oracles and not task.labels_known_clean:
+        raise ValueError(
+            f"methods: {', '.join(oracles)} needs the true fraction of corrupted labels, "
+            f"unknown for dataset {config.dataset.name!r}, whose labels are not known to be "
+            "clean (their own errors come on top of any injected); remove it from methods"
+        )
 
 
 def _check_noise(config: ml_collections.ConfigDict) -> None:

@@ -459,6 +459,12 @@ def _bad(tmp_path, case: str):
         return _config(
             npz, **{"student.batch_size": 90}
         ), r"student.batch_size=90 must be in \[1, 65\]"
+    if case == "an oracle method":
+        over = {"methods": ("scratch_l2", "small_loss_oracle")}
+        return _config(npz, **over), (
+            r"methods: small_loss_oracle needs the true fraction of corrupted labels, unknown "
+            r"for dataset 'arrays', whose labels are not known to be clean"
+        )
     raise AssertionError(case)
 
 
@@ -484,6 +490,7 @@ BAD_CASES = [
     "teacher folds with a teacher file",
     "empty split",
     "fewer rows than the batch size",
+    "an oracle method",
 ]
 
 

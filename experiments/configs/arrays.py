@@ -48,6 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Whether the test labels are clean: say so only if they are (the summary says which).
     ds.test_labels_clean = False
 
+    # Every method but the oracle, which needs the true corruption rate: unknown here.
+    config.methods = tuple(m for m in common.METHODS if m != "small_loss_oracle")
     config.noise.none = (0.0,)  # the labels as they are
     config.noise.outliers = (0.2, 0.4)  # rate p; outlier labels ~ U(training labels' range)
     config.noise.gaussian = ()  # σ in standard deviations
