@@ -138,8 +138,8 @@ class EarlyStopping:
 class _Progress:
     """Steps per second and the time left, for the log line.
 
-    CLU's ``periodic_actions.ReportProgress`` does this too, but importing it imports
-    TensorFlow (seconds, for every fit), and it writes its rates into the metric files.
+    CLU's ``periodic_actions.ReportProgress`` does this too, but it writes its rates into
+    the metric files (and CLU imported TensorFlow, seconds for every fit).
     """
 
     # Without --verbose (writers.verbose()), a fit logs its progress at most this often: a
@@ -292,6 +292,7 @@ def fit(
             if eval_fn is not None and (step % eval_every == 0 or last):
                 window.check(step)  # no evaluation of a state that went non-finite
                 val = np.asarray(jax.device_get(eval_fn(state)), np.float64)
+                window.check_validation(step, val)
                 stopping.update(step, val, state)
                 if writer is not None:
                     writer.write_scalars(step, {f"{name}/val_loss": float(np.mean(val))})

@@ -20,8 +20,12 @@ from kd_regression.checkpoints import Checkpoints, CheckpointWriteError, checkpo
 _CHECKED = ("loss", "grad_norm")  # the metrics whose finiteness a train step checks
 
 
+VALIDATION = "validation loss"  # NonFiniteError.metrics of an evaluation that was not finite
+
+
 class NonFiniteError(FloatingPointError):
-    """:func:`kd_regression.loop.fit` stopped: a step's loss or gradient was NaN or infinite.
+    """:func:`kd_regression.loop.fit` stopped: a step's loss or gradient was NaN or infinite,
+    or an evaluation's validation loss.
 
     The update of the members that went bad was not applied at that step (see
     :func:`kd_regression.train.make_train_step`), and no state from that step on was
@@ -30,7 +34,8 @@ class NonFiniteError(FloatingPointError):
     Attributes:
       name: ``fit``'s ``name``.
       step: the first step (1-based: the state's step after it) that was not finite.
-      metrics: which went bad: ``["loss"]``, ``["grad_norm"]`` or both, over ``members``.
+      metrics: which went bad: ``["loss"]``, ``["grad_norm"]`` or both, over ``members``;
+        ``["validation loss"]`` for an evaluation (then the steps were finite).
       members: the population members that went bad (indices on the leading population
         axis; ``[0]`` for a state without one).
       checkpoint_dir: ``fit``'s ``checkpoint_dir`` (absolute), or None.
@@ -51,9 +56,14 @@ class NonFiniteError(FloatingPointError):
         self.checkpoint_dir, self.checkpoint_step = checkpoint_dir, checkpoint_step
         self._detail = detail
         what = " and ".join(metrics) or "loss or gradient"
+        if VALIDATION in metrics:  # the step was finite: the validation data is suspect
+            then = (
+                "the training steps were finite (a validation label or input of an extreme size?)"
+            )
+        else:
+            then = "parameters were left at their last finite values"
         super().__init__(
-            f"{name}: non-finite {what} at step {step}{detail}; parameters were left at "
-            "their last finite values; last good checkpoint: "
+            f"{name}: non-finite {what} at step {step}{detail}; {then}; last good checkpoint: "
             f"{checkpoint_words(checkpoint_dir, checkpoint_step)}"
         )
 
@@ -93,6 +103,24 @@ class MetricWindow:
         bad = _first_non_finite(self._host, step - len(self._host) + 1)
         if bad is not None:
             self._raise(bad)
+
+    def check_validation(self, step: int, val: np.ndarray) -> None:
+        """Raises :class:`NonFiniteError` if the validation loss ``val`` (scalar or ``[P]``)
+        at ``step`` is not finite, while the training loss was: early stopping would never
+        see an improvement and silently keep the first state it was shown (a validation
+        label or input of an extreme size overflows the loss)."""
+        val = np.asarray(val, np.float64)
+        bad = ~np.isfinite(val.reshape(-1))
+        if bad.any():
+            self._raise(
+                {
+                    "step": step,
+                    "metrics": [VALIDATION],
+                    "members": np.flatnonzero(bad).tolist(),
+                    "population": val.ndim > 0,
+                    "values": {VALIDATION: val.reshape(-1)[bad].tolist()},
+                }
+            )
 
     def summary(self, step: int) -> dict[str, float]:
         """The means of the window's metrics (checked first); the window starts anew."""

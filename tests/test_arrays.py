@@ -459,6 +459,23 @@ def _bad(tmp_path, case: str):
         return _config(
             npz, **{"student.batch_size": 90}
         ), r"student.batch_size=90 must be in \[1, 65\]"
+    if case == "a fill value in the validation labels":
+        y_val = y[:20].copy()
+        y_val[5, 1] = 1e30
+        np.savez(npz, x=x, y=y, x_val=x[:20], y_val=y_val)
+        return _config(npz), (
+            r"data.npz: x_val/y_val: y_val has 1e\+30 at row 5, column 1, [0-9.e+]+ robust "
+            r"standard deviations \(1.4826·MAD\) from the median .*: it looks like a fill value"
+        )
+    if case == "a fill value in the training labels":
+        y[12, 0] = 9.969209968386869e36  # netCDF's default fill value of a float
+        np.savez(npz, x=x, y=y)
+        return _config(npz), r"data.npz: x/y: y has 9.96921e\+36 at row 12, column 0, "
+    if case == "a value too large for float32":
+        x = x.astype(np.float64)
+        x[8, 1] = 1e39
+        np.savez(npz, x=x, y=y)
+        return _config(npz), r"x/y: x has 1e\+39 at row 8, too large for float32 \(at most "
     if case == "an oracle method":
         over = {"methods": ("scratch_l2", "small_loss_oracle")}
         return _config(npz, **over), (
@@ -491,6 +508,9 @@ BAD_CASES = [
     "empty split",
     "fewer rows than the batch size",
     "an oracle method",
+    "a fill value in the validation labels",
+    "a fill value in the training labels",
+    "a value too large for float32",
 ]
 
 
@@ -519,3 +539,17 @@ def test_default_sizes_grow_with_the_inputs():
     assert arrays_task.default_hidden(False, 10) == (20, 20)
     assert arrays_task.default_hidden(True, 1000) == (512,) * 3
     assert arrays_task.default_hidden(False, 1) == (8, 8)
+
+
+def test_heavy_tails_are_not_fill_values():
+    """The fill-value bound (arrays.FILL_VALUE_Z robust SDs) passes honest heavy tails:
+    50,000 Cauchy draws, and a column of mostly equal values with a few far ones."""
+    rng = np.random.default_rng(0)
+    cauchy = rng.standard_cauchy((50_000, 2))
+    arrays.check_magnitudes(cauchy, "here", "y", columns=True)
+    counts = np.zeros((1000, 1))
+    counts[:5] = [[1.0], [2.0], [40.0], [300.0], [5000.0]]
+    arrays.check_magnitudes(counts, "here", "y", columns=True)
+    counts[7] = 1e30
+    with pytest.raises(arrays.DataError, match=r"here: y has 1e\+30 at row 7, "):
+        arrays.check_magnitudes(counts, "here", "y", columns=True)

@@ -293,6 +293,33 @@ def test_non_finite_member_of_population():
     )
 
 
+def test_a_non_finite_validation_loss_is_an_error_naming_the_step():
+    """A finite training loss but an infinite validation loss (a validation label of an
+    extreme size squared overflows float32): early stopping would never see an improvement
+    and keep the first state it was shown; fit says so instead."""
+    keys = jax.random.split(jax.random.key(0), 2)
+    graphdef, pop = train.init_population(_model_fn(), TX, keys)
+    step = jax.jit(jax.vmap(train.make_train_step(graphdef, TX, "scratch_l2")))
+    batch = _batch(population=2)
+    evaluations = iter([np.array([0.5, 0.4]), np.array([0.3, np.inf])])
+    with pytest.raises(metric_window.NonFiniteError) as info:
+        loop.fit(
+            pop,
+            step,
+            lambda start: iter([batch] * 6),
+            num_steps=6,
+            eval_fn=lambda s: next(evaluations),
+            eval_every=2,
+        )
+    assert (info.value.step, info.value.members) == (4, [1])
+    assert info.value.metrics == ["validation loss"]
+    assert str(info.value).startswith(
+        "train: non-finite validation loss at step 4 (population members [1]: validation "
+        "loss [inf]); the training steps were finite (a validation label or input of an "
+        "extreme size?)"
+    )
+
+
 def _with_bad_label(bad_step, label):
     """``batches(start)`` of the line, but the batch of step ``bad_step`` (1-based) has one
     label set to ``label``."""

@@ -108,7 +108,9 @@ def _load_npz(path: str) -> Arrays:
 def check_split(x, y, where: str, x_name: str = "x", y_name: str = "y"):
     """``(x, y)`` as ``(x [n, ...], y [n, k])``: numeric, finite, with matching rows."""
     x = _numeric(np.asarray(x), where, x_name)
-    y = _numeric(np.asarray(y), where, y_name).astype(np.float32)
+    y = _numeric(np.asarray(y), where, y_name)
+    check_magnitudes(y, where, y_name, columns=True)
+    y = y.astype(np.float32)
     if y.ndim == 1:
         y = y[:, None]
     if y.ndim != 2:
@@ -130,6 +132,7 @@ def check_split(x, y, where: str, x_name: str = "x", y_name: str = "y"):
     if x.shape[0] == 0:
         raise DataError(f"{where}: no rows")
     if x.dtype != np.uint8:
+        check_magnitudes(x, where, x_name, columns=x.ndim == 2)  # vectors: per column
         x = x.astype(np.float32)
     for name, a in ((x_name, x), (y_name, y)):
         check_finite(a, where, name)
@@ -144,6 +147,54 @@ def check_finite(a: np.ndarray, where: str, name: str) -> None:
             row = int(np.argmax(bad))
             raise DataError(
                 f"{where}: {name} has NaN or inf at row {row} (first of {int(bad.sum())} rows)"
+            )
+
+
+# A value this many robust standard deviations (1.4826 · MAD) from its column's median is
+# refused as a fill value (ours). Honest heavy tails stay far below it (the largest of
+# 50,000 Cauchy draws is about 10^4 robust SDs out), while fill values such as 1e30 or
+# netCDF's 9.97e36 are billions of them; one such value dominates the standardisation, or
+# overflows the squared loss in float32. A smaller sentinel (-9999) can pass: check yours.
+FILL_VALUE_Z = 1e6
+
+
+def check_magnitudes(a: np.ndarray, where: str, name: str, *, columns: bool) -> None:
+    """Refuses a value that float32 cannot hold, and (``columns``: per column of ``[n, k]``)
+    one so far from the rest of its column that it can only be a fill value."""
+    if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
+        return  # NaN and inf: check_finite names them
+    flat = np.abs(a.reshape(a.shape[0], -1).astype(np.float64))
+    over = np.isfinite(flat) & (flat > np.finfo(np.float32).max)
+    if over.any():
+        row, col = np.argwhere(over)[0]
+        raise DataError(
+            f"{where}: {name} has {a.reshape(a.shape[0], -1)[row, col]:.6g} at row {row}, "
+            f"too large for float32 (at most {np.finfo(np.float32).max:.4g}); a fill value? "
+            "Remove the row, or make it NaN and drop it"
+        )
+    if columns:
+        _check_fill_values(a.reshape(a.shape[0], -1).astype(np.float64), where, name)
+
+
+def _check_fill_values(a: np.ndarray, where: str, name: str) -> None:
+    for j in range(a.shape[1]):
+        col = a[:, j]
+        deviation = np.abs(col - np.median(col))
+        scale = 1.4826 * np.median(deviation)
+        if scale == 0:  # most values equal: the smallest deviation that is not 0
+            nonzero = deviation[deviation > 0]
+            scale = nonzero.min() if nonzero.size else 0.0
+        if scale == 0:
+            continue
+        z = deviation / scale
+        if z.max() > FILL_VALUE_Z:
+            row = int(np.argmax(z))
+            column = "" if a.shape[1] == 1 else f", column {j}"
+            raise DataError(
+                f"{where}: {name} has {col[row]:.6g} at row {row}{column}, {z[row]:.3g} robust "
+                f"standard deviations (1.4826·MAD) from the median {np.median(col):.6g}: it "
+                f"looks like a fill value (refused beyond {FILL_VALUE_Z:g}); remove the row, "
+                "or make it NaN and drop it"
             )
 
 
