@@ -4,8 +4,10 @@ package; ``python -m experiments.main`` from the repository root is the same).
 ``CONFIG`` is a config file, or the name of a shipped one (``sinusoid``, ``faces``,
 ``mpiigaze``, ``multipie``, ``arrays``), so the command works from any directory.
 
-Exit status: 0 done; 2 a mistake in the command line or the config (one line on stderr,
-nothing written; ``--verbose`` adds the traceback); 130/143 interrupted (SIGINT/SIGTERM;
+Exit status: 0 done; 2 a mistake in the command line or the config, or a workdir that
+cannot be used as it is (in use by another run, results of another config or other data,
+a damaged record), found before any work (one line on stderr, nothing touched;
+``--verbose`` adds the traceback); 130/143 interrupted (SIGINT/SIGTERM;
 rerun the same command to resume); 1 any other failure (traceback, then one line).
 """
 
@@ -19,9 +21,10 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import sweep
+from experiments import resume, sweep
 from experiments.validation import ConfigError
 from kd_regression import interrupts, sharding
+from kd_regression.fileio import DirectoryLockedError
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 _NOT_CONFIGS = ("__init__", "common")  # modules in configs/ that are not configs
@@ -76,6 +79,10 @@ def main(argv):
             if _VERBOSE.value:
                 traceback.print_exc()
             _exit(f"kd-regression: config error: {e}", USAGE_ERROR)
+        except (resume.WorkdirRefused, DirectoryLockedError) as e:  # before any work too
+            if _VERBOSE.value:
+                traceback.print_exc()
+            _exit(f"kd-regression: {e}", USAGE_ERROR)
         except Exception as e:
             traceback.print_exc()  # for whoever debugs it; the last line says what failed
             _exit(f"kd-regression failed: {type(e).__name__}: {e}", 1)

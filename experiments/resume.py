@@ -44,6 +44,12 @@ RUN_KEYS = (
 NEW_KEYS = {"quick": False, "loss.small_loss_drop": 0.2}
 
 
+class WorkdirRefused(ValueError):
+    """The workdir cannot be used as it is (results of another config or other data, a
+    damaged record): found before any work, nothing touched. The command line prints its
+    message as one line and exits with status 2."""
+
+
 def with_new_keys(values: dict) -> dict:
     """A workdir's config.json ``values`` (nested) with each of NEW_KEYS it lacks."""
     values = json.loads(json.dumps(values))  # a deep copy
@@ -63,12 +69,12 @@ def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
         with open(path, encoding="utf-8") as f:
             old = flatten(with_new_keys(json.load(f)))
     except FileNotFoundError:
-        raise ValueError(
+        raise WorkdirRefused(
             f"{workdir} holds {RESULTS} but no {CONFIG_FILE}, so which config made them is "
             "unknown: use a new --workdir"
         ) from None
     except ValueError as e:
-        raise ValueError(f"{path} is damaged ({e}): use a new --workdir") from e
+        raise WorkdirRefused(_damaged(path, e)) from e
     new = flatten(json.loads(config.to_json_best_effort()))
     absent = "<absent>"
     changed = [
@@ -77,11 +83,20 @@ def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
         if k not in RUN_KEYS and old.get(k, absent) != new.get(k, absent)
     ]
     if changed:
-        raise ValueError(
+        raise WorkdirRefused(
             f"{workdir} holds the results of another config ({'; '.join(changed)}): rerun "
             "with the same config to resume it, or use a new --workdir, or move "
             f"{RESULTS} away (checkpoints and stores the configs share are then reused)"
         )
+
+
+def _damaged(path: str, e: Exception) -> str:
+    results = os.path.join(os.path.dirname(path), RESULTS)
+    return (
+        f"{path} is damaged ({e}), so which config made {results} is unknown: restore it, "
+        f"or move {results} away (the run then recomputes it, reusing the checkpoints and "
+        "stores that still match), or use a new --workdir"
+    )
 
 
 def inputs_of(task, config: ml_collections.ConfigDict) -> dict:
@@ -102,10 +117,10 @@ def check_same_inputs(workdir: str, inputs: dict) -> None:
     except FileNotFoundError:
         return  # a workdir of a version that did not record them
     except ValueError as e:
-        raise ValueError(f"{path} is damaged ({e}): use a new --workdir") from e
+        raise WorkdirRefused(_damaged(path, e)) from e
     changed = [k for k in sorted(set(old) | set(inputs)) if old.get(k) != inputs.get(k)]
     if changed:
-        raise ValueError(
+        raise WorkdirRefused(
             f"{workdir} holds results made from other data: {', '.join(changed)} changed "
             f"since (the file at the same path has other content; see {INPUTS_FILE}): use a "
             f"new --workdir, or move {RESULTS} away to recompute them"

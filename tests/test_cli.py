@@ -3,6 +3,7 @@ and exit status 2, before any work (no workdir made); ``--verbose`` adds the tra
 The sweep's progress and last lines are checked in test_experiment, signals in
 test_reliability."""
 
+import json
 import logging as std_logging
 import os
 import subprocess
@@ -13,7 +14,7 @@ from absl import logging
 
 from experiments import sweep
 from experiments.cell import Cell
-from kd_regression import loop, writers
+from kd_regression import fileio, loop, writers
 
 COMMAND = os.path.join(os.path.dirname(sys.executable), "kd-regression")
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}  # no probing for accelerators on stderr
@@ -132,3 +133,47 @@ def test_a_fit_logs_its_steps_every_30_s_unless_verbose(monkeypatch):
     assert progress.due() and not progress.due()  # then one line per 30 s
     absl_logger.setLevel(std_logging.DEBUG)  # --verbose
     assert progress.due() and progress.due() and writers.verbose()
+
+
+def _refused_in(workdir, *args: str) -> str:
+    """The line a command refused for its workdir ends with (status 2, no traceback); the
+    workdir's files are as they were (but the lock file, which every run writes)."""
+    before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.name != ".lock"}
+    done = subprocess.run(
+        [COMMAND, "--config", "sinusoid:quick", "--workdir", str(workdir), *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
+    assert done.returncode == 2, (done.returncode, done.stderr[-3000:])
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()  # the validation's memory line, then it
+    assert len(lines) <= 2 and lines[0].startswith("population of "), done.stderr[-3000:]
+    after = {p.name: p.read_bytes() for p in workdir.iterdir() if p.name != ".lock"}
+    assert after == before
+    return lines[-1]
+
+
+def test_a_workdir_that_cannot_be_used_is_one_line_and_status_2(tmp_path):
+    """Results of another config, a damaged config.json, a workdir in use: refused before
+    any work in one line, not a traceback."""
+    from experiments.configs import sinusoid
+
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(sinusoid.get_config("quick").to_json_best_effort())
+    row = {"method": "teacher", "head": "main", "noise": "outliers", "level": 0.0, "seed": 0}
+    (workdir / "results.jsonl").write_text(json.dumps({**row, "rmse": 1.0, "mae": 1.0}) + "\n")
+    line = _refused_in(workdir, "--config.student.num_steps=250")
+    assert line.startswith(f"kd-regression: {workdir} holds the results of another config (")
+    assert "student.num_steps: 200 -> 250" in line
+
+    (workdir / "config.json").write_text('{"dataset": ')
+    line = _refused_in(workdir)
+    assert line.startswith(f"kd-regression: {workdir / 'config.json'} is damaged (")
+    assert f"restore it, or move {workdir / 'results.jsonl'} away" in line
+
+    with fileio.DirectoryLock(str(workdir)):
+        line = _refused_in(workdir)
+    assert line.startswith(f"kd-regression: {workdir} is in use by another run (pid {os.getpid()} ")
