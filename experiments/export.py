@@ -11,7 +11,9 @@ head's meaning and how to get the label back, the training fingerprint, the test
 in results.jsonl and the same metric of the exported file.
 
 Exit status: 0 written; 2 a request the workdir cannot serve (no such cell, method or
-seed, an unfinished fit: the message lists what exists), nothing written; 1 an export
+seed, an unfinished fit: the message lists what exists; a workdir that is not a
+directory), nothing written; 130 / 143 interrupted by Ctrl-C / SIGTERM (one line, nothing
+written; staging folders a SIGKILL left are removed by the next export); 1 an export
 that failed (an operation the converter does not support, a mismatch, a damaged store or
 a full disk), nothing written: the files are staged and renamed into place at the end.
 """
@@ -22,13 +24,14 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 
 from experiments import trained
 from experiments.validation import ConfigError
-from kd_regression import __version__, export, models
+from kd_regression import __version__, export, interrupts, models
 from kd_regression.fileio import atomic_write_text
 
 __all__ = ["FORMATS", "export_model", "main"]
@@ -77,9 +80,12 @@ def export_model(
     stem = os.path.join(model.workdir, EXPORT_DIR, cell, f"{method}-seed{seed}")
     directory = os.path.dirname(stem)
     os.makedirs(directory, exist_ok=True)
+    _remove_stale_staging(directory, os.path.basename(stem))
     # Everything is written in a temporary directory beside the files and renamed into
-    # place at the end: a failure leaves the previous export, if any, as it was.
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(stem)}.tmp", dir=directory)
+    # place at the end: a failure leaves the previous export, if any, as it was. Its name
+    # holds our pid, so a later export can tell it from a live one if we are killed.
+    prefix = f".{os.path.basename(stem)}.tmp{os.getpid()}-"
+    staging = tempfile.mkdtemp(prefix=prefix, dir=directory)
     try:
         staged = _stage(
             model,
@@ -94,17 +100,40 @@ def export_model(
             staging,
         )
         paths = {}
-        for fmt in (*FORMATS, "json"):  # another format of an earlier export goes
-            path = f"{stem}.{fmt}"
-            if fmt in staged:
-                os.replace(staged[fmt], path)
-                paths[fmt] = path
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(path)
+        with interrupts.deferred():  # the files of one export are renamed all or none
+            for fmt in (*FORMATS, "json"):  # another format of an earlier export goes
+                path = f"{stem}.{fmt}"
+                if fmt in staged:
+                    os.replace(staged[fmt], path)
+                    paths[fmt] = path
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return paths
+
+
+def _remove_stale_staging(directory: str, base: str) -> None:
+    """Staging folders of ``base`` that a killed export left (SIGKILL, a crash): those
+    whose process is gone, and those of versions that did not name it."""
+    for entry in os.listdir(directory):
+        if not entry.startswith(f".{base}.tmp"):
+            continue
+        pid = re.match(r"(\d+)-", entry[len(f".{base}.tmp") :])
+        if pid is not None and _alive(int(pid.group(1))):
+            continue
+        shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _stage(model, name, fn, reference, heads, x, labels, formats, depthwise, staging):
@@ -222,21 +251,37 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     try:
-        paths = export_model(
-            args.workdir,
-            cell=args.cell,
-            method=args.method,
-            seed=args.seed,
-            head=args.head,
-            formats=formats,
-            depthwise=args.depthwise,
+        with interrupts.handle():
+            paths = _export(args, formats)
+    except interrupts.Interrupted as e:  # the staging folder is gone; nothing replaced
+        print(
+            f"export {e}; rerun the same command (an export is written whole or not at all)",
+            file=sys.stderr,
         )
+        return e.exit_code
     except (export.ExportError, OSError) as e:  # OSError: a damaged store, a full disk
         print(f"export failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     except (trained.LoadError, ConfigError, ValueError) as e:
         print(f"export: {e}", file=sys.stderr)
         return USAGE_ERROR
+    _report(paths)
+    return 0
+
+
+def _export(args, formats: tuple[str, ...]) -> dict[str, str]:
+    return export_model(
+        args.workdir,
+        cell=args.cell,
+        method=args.method,
+        seed=args.seed,
+        head=args.head,
+        formats=formats,
+        depthwise=args.depthwise,
+    )
+
+
+def _report(paths: dict[str, str]) -> None:
     with open(paths["json"], encoding="utf-8") as f:
         test = json.load(f)["test"]
     for h, t in test.items():
@@ -246,7 +291,6 @@ def main(argv: list[str] | None = None) -> int:
             f"(results.jsonl: {logged})"
         )
     print("wrote " + ", ".join(paths.values()))
-    return 0
 
 
 if __name__ == "__main__":

@@ -129,6 +129,9 @@ def load(workdir: str, *, cell: str, method: str, seed: int) -> Trained:
     results.jsonl), an unknown method or seed, or a missing or unfinished checkpoint is a
     :class:`LoadError` naming what exists."""
     workdir = os.path.abspath(workdir)
+    if not os.path.isdir(workdir):
+        what = "no such directory" if not os.path.exists(workdir) else "not a directory"
+        raise LoadError(f"{workdir}: {what}; --workdir is the directory of a finished sweep")
     config = _config(workdir)
     rows = _rows(workdir, cell, method, seed)
     task = tasks.get_task(config.dataset.name, config)

@@ -7,9 +7,12 @@ import json
 import math
 import os
 import re
+import shutil
+import signal
 import struct
 import subprocess
 import sys
+import time
 
 import ml_collections
 import numpy as np
@@ -747,3 +750,66 @@ def test_a_file_without_the_inference_head_says_so(quick_run):
     with open(paths["json"]) as f:
         meta = json.load(f)
     assert meta["heads"] == ["teacher"] and meta["inference_head"] is None
+
+
+def test_an_export_of_a_file_or_a_missing_directory_is_one_line_and_status_2(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a workdir")
+    for workdir, what in (
+        (tmp_path / "file", "not a directory"),
+        (tmp_path / "no", "no such directory"),
+    ):
+        argv = ["--workdir", str(workdir), "--cell", "outliers_0", "--method", "tor"]
+        assert export_cli.main([*argv, "--seed", "0"]) == 2
+        want = f"export: {workdir}: {what}; --workdir is the directory of a finished sweep\n"
+        assert capsys.readouterr().err == want
+
+
+@ONE_WORKER
+def test_staging_folders_a_killed_export_left_are_removed_by_the_next(quick_run):
+    _, workdir, *_ = quick_run
+    kwargs = {"cell": "outliers_0", "method": "kd_l2", "seed": 0}
+    directory = os.path.join(workdir, export_cli.EXPORT_DIR, "outliers_0")
+    os.makedirs(directory, exist_ok=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid no process has now
+    stale = [f".kd_l2-seed0.tmp{dead.pid}-abc", ".kd_l2-seed0.tmpq1w2e3"]  # the last: older
+    alive = f".kd_l2-seed0.tmp{os.getppid()}-xyz"  # a live process's: kept
+    for name in [*stale, alive]:
+        os.makedirs(os.path.join(directory, name, "inner"))
+    export_cli.export_model(workdir, **kwargs)
+    left = [n for n in os.listdir(directory) if ".tmp" in n]
+    assert left == [alive]
+    shutil.rmtree(os.path.join(directory, alive))
+
+
+@ONE_WORKER
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_export_says_one_line_and_leaves_nothing(quick_run, signum):
+    """Ctrl-C or SIGTERM while the files are staged: one line, status 130 / 143, no staging
+    folder left, the files of an earlier export untouched."""
+    _, workdir, *_ = quick_run
+    cell, method = "outliers_0.3", "tor"
+    directory = os.path.join(workdir, export_cli.EXPORT_DIR, cell)
+    argv = ["--workdir", workdir, "--cell", cell, "--method", method, "--seed", "1"]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "experiments.export", *argv],
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not (os.path.isdir(directory) and any(".tmp" in n for n in os.listdir(directory))):
+        assert run.poll() is None and time.time() < deadline, "the export did not stage"
+        time.sleep(0.02)
+    run.send_signal(signum)
+    _, err = run.communicate(timeout=120)
+    name = signal.Signals(signum).name
+    assert run.returncode == 128 + signum, err[-3000:]
+    assert err.strip().splitlines() == [
+        f"export interrupted by {name}; rerun the same command (an export is written whole "
+        "or not at all)"
+    ]
+    assert not [n for n in os.listdir(directory) if n.startswith(f".{method}-seed1")]
+    assert not os.path.exists(os.path.join(directory, f"{method}-seed1.json"))
