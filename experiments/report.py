@@ -126,10 +126,19 @@ def _table(cells: dict, labels: list[str], levels: list[float], *, mark_best: bo
     return lines
 
 
+def _sweep_time(elapsed_s) -> str:
+    """``elapsed_s``: seconds, or each run's seconds (a resumed sweep: their sum)."""
+    runs = [float(elapsed_s)] if np.ndim(elapsed_s) == 0 else [float(s) for s in elapsed_s]
+    if len(runs) == 1:
+        return f"Sweep time: {runs[0]:.0f} s."
+    each = ", ".join(f"{s:.0f} s" for s in runs)
+    return f"Sweep time: {sum(runs):.0f} s, the sum of its {len(runs)} runs ({each})."
+
+
 def summary_markdown(
     rows: list[dict],
     *,
-    elapsed_s: float | None = None,
+    elapsed_s: float | list[float] | None = None,
     setup: str | None = None,
     metric: tuple[str, str] = ("rmse", "test RMSE"),
     failure: str | None = None,
@@ -138,7 +147,8 @@ def summary_markdown(
     references: tuple[str, ...] = (),
     robust: tuple[str, ...] = paired.ROBUST,
 ) -> str:
-    """The summary; ``failure``: why the sweep stopped early (the tables hold what finished);
+    """The summary; ``elapsed_s``: the sweep's seconds, or those of each of its runs;
+    ``failure``: why the sweep stopped early (the tables hold what finished);
     ``quick``: a banner that the numbers mean nothing; ``test_labels``: what the metric is
     measured against, in words ("on the clean test split"); ``references``: methods (or
     ``best_robust``: the best of ``robust`` in each column) every student is compared with,
@@ -152,7 +162,7 @@ def summary_markdown(
     if setup:
         lines += [setup, ""]
     if elapsed_s is not None:
-        lines += [f"Sweep time: {elapsed_s:.0f} s.", ""]
+        lines += [_sweep_time(elapsed_s), ""]
     seeds = sorted({r["seed"] for r in rows})
     lines += [
         f"{metric[1][0].upper() + metric[1][1:]} {test_labels}, mean ± standard "
@@ -406,7 +416,7 @@ def write_all(
     fits: dict | None,
     workdir: str,
     *,
-    elapsed_s: float | None = None,
+    elapsed_s: float | list[float] | None = None,
     setup: str | None = None,
     metric: tuple[str, str] = ("rmse", "test RMSE"),
     failure: str | None = None,

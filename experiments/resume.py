@@ -26,6 +26,7 @@ FITS_FILE = "fits.npz"  # the arrays of fits.png, so a resumed sweep can draw it
 FAILURE_FILE = "failure.json"  # why the last run stopped (non-finite training), if it did
 # Digests of what the config names but does not hold: a data file, a teacher's predictions.
 INPUTS_FILE = "inputs.json"
+RUN_TIMES_FILE = "run_times.json"  # each run's seconds: a resumed sweep's time is their sum
 # How a sweep runs or is reported, not what it computes: a resumed sweep may change these.
 # The paths of a user's files too: inputs.json holds their content's digests, checked apart.
 RUN_KEYS = (
@@ -179,9 +180,25 @@ def load_fits(path: str) -> dict | None:
         return {k: z[k].item() if z[k].ndim == 0 else z[k] for k in z.files}
 
 
+def record_run_time(workdir: str, seconds: float, ended: str) -> list[dict]:
+    """Appends this run's time to RUN_TIMES_FILE (``ended``: finished, interrupted or
+    failed); returns every run's record. summary.md's sweep time is their sum: a resumed
+    sweep counts the time of each run, a rerun of a finished one adds its few seconds."""
+    path = os.path.join(workdir, RUN_TIMES_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            runs = json.load(f)["runs"]
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        runs = []  # none yet, or unreadable: the time of the runs from now on
+    runs.append({"seconds": round(seconds, 1), "ended": ended})
+    atomic_write_text(path, json.dumps({"runs": runs}, indent=2) + "\n")
+    return runs
+
+
 def remove_temporaries(workdir: str) -> None:
     """Temporary files of writes a killed run left unfinished (their targets are intact)."""
-    ours = (RESULTS, CONFIG_FILE, INPUTS_FILE, FITS_FILE, FAILURE_FILE, *report.OUTPUTS)
+    ours = (RESULTS, CONFIG_FILE, INPUTS_FILE, FITS_FILE, FAILURE_FILE, RUN_TIMES_FILE)
+    ours += report.OUTPUTS
     for name in os.listdir(workdir):
         if any(name.startswith(f"{target}.tmp") for target in ours):
             logging.info("removing %s, left by an interrupted write", name)

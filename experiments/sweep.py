@@ -74,6 +74,14 @@ def _lock(workdir: str) -> DirectoryLock | None:
     return lock
 
 
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def _setup_line(config: ml_collections.ConfigDict, loss_cfg: LossConfig, folds: list) -> str:
     """summary.md's sentence on how the teacher and δ were made."""
     given = config.teacher.get("predictions")  # only configs of users' data have the key
@@ -110,7 +118,11 @@ def _start(config: ml_collections.ConfigDict, workdir: str, task) -> dict:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(workdir, name))
         config_path = os.path.join(workdir, resume.CONFIG_FILE)
-        atomic_write_text(config_path, config.to_json_best_effort(indent=2))
+        config_text = config.to_json_best_effort(indent=2)
+        if not done and _read(config_path) != config_text:  # the times of another config
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(workdir, resume.RUN_TIMES_FILE))
+        atomic_write_text(config_path, config_text)
         text = json.dumps(inputs, indent=2, sort_keys=True) + "\n"
         atomic_write_text(os.path.join(workdir, resume.INPUTS_FILE), text)
     return done
@@ -228,19 +240,24 @@ def _run_locked(config: ml_collections.ConfigDict, loss_cfg: LossConfig, workdir
                 atomic_write_text(results, text)  # rows of finished cells only
     except NonFiniteError as e:
         if primary:  # the report of what finished, and of what went bad
+            _record_time(workdir, t0, "failed")
             text = report.summary_markdown(rows, setup=setup, failure=str(e), **wording)
             _write_failure(workdir, e, text)
         raise
-    except BaseException:
+    except BaseException as e:
         # The error on its way out is what the user must see: closing the metric writers
         # (which may fail on the same full disk) must not replace it.
         with contextlib.suppress(Exception):
             writer.close()
+        if primary:
+            ended = "interrupted" if isinstance(e, interrupts.Interrupted) else "failed"
+            _record_time(workdir, t0, ended)
         raise
     writer.close()
     elapsed = time.time() - t0
     if primary:
-        paths = report.write_all(rows, fits, workdir, elapsed_s=elapsed, setup=setup, **wording)
+        runs = [r["seconds"] for r in resume.record_run_time(workdir, elapsed, "finished")]
+        paths = report.write_all(rows, fits, workdir, elapsed_s=runs, setup=setup, **wording)
         names = [os.path.basename(p) for p in paths] + [resume.RESULTS]
         print(
             f"sweep finished in {_duration(elapsed)}; wrote {', '.join(names)} in {workdir} "
@@ -248,6 +265,13 @@ def _run_locked(config: ml_collections.ConfigDict, loss_cfg: LossConfig, workdir
             flush=True,
         )
     return rows
+
+
+def _record_time(workdir: str, t0: float, ended: str) -> None:
+    """This run's time, recorded on the way out of a run that did not finish; a failure to
+    record it (the same full disk) must not replace the error on its way out."""
+    with contextlib.suppress(Exception):
+        resume.record_run_time(workdir, time.time() - t0, ended)
 
 
 def _test_labels(task, config: ml_collections.ConfigDict) -> str:

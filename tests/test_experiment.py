@@ -335,6 +335,12 @@ def test_rerun_resumes_and_a_changed_config_does_not(tmp_path):
     assert len(teacher_dirs()) == 1
     assert sweep.run(_small_config(), str(tmp_path)) == first  # resumed, same numbers
     assert len(teacher_dirs()) == 1
+    # The sweep's time is the sum of its runs' (the rerun's few seconds included).
+    runs = json.loads((tmp_path / "run_times.json").read_text())["runs"]
+    assert [r["ended"] for r in runs] == ["finished", "finished"] and runs[0]["seconds"] > 1
+    total = sum(r["seconds"] for r in runs)
+    summary = (tmp_path / "summary.md").read_text()
+    assert f"Sweep time: {total:.0f} s, the sum of its 2 runs (" in summary
     # Results of one config are never mixed with, or replaced by, another's.
     results = (tmp_path / "results.jsonl").read_bytes()
     with pytest.raises(ValueError, match=r"another config \(loss.huber_delta: 0.1 -> 1.0\)"):
@@ -345,6 +351,8 @@ def test_rerun_resumes_and_a_changed_config_does_not(tmp_path):
     os.rename(tmp_path / "results.jsonl", tmp_path / "old-results.jsonl")
     changed = sweep.run(_small_config(**{"loss.huber_delta": 1.0}), str(tmp_path))
     assert len(teacher_dirs()) == 2
+    # Another config: the time of the first one's runs is not counted.
+    assert len(json.loads((tmp_path / "run_times.json").read_text())["runs"]) == 1
     teacher = [r["rmse"] for r in changed if r["method"] == "teacher"]
     assert teacher != [r["rmse"] for r in first if r["method"] == "teacher"]
     fresh = sweep.run(_small_config(**{"loss.huber_delta": 1.0}), str(tmp_path / "fresh"))

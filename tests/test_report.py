@@ -190,3 +190,12 @@ def test_the_fits_figure_names_its_axes(tmp_path):
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("x (input)", "y (label)")
     assert ax.get_title() == "fits at outliers level 0.3 (seed 0)"
     plt.close(drawn[0])
+
+
+def test_the_sweep_time_of_a_resumed_sweep_is_the_sum_of_its_runs():
+    rows = [{"method": "teacher", "head": "main", "noise": "outliers", "level": 0.0}]
+    rows = [{**rows[0], "seed": 0, "rmse": 0.1, "mae": 0.1}]
+    assert "Sweep time: 12 s.\n" in report.summary_markdown(rows, elapsed_s=12.3)
+    assert "Sweep time: 12 s.\n" in report.summary_markdown(rows, elapsed_s=[12.3])
+    text = report.summary_markdown(rows, elapsed_s=[150.2, 60.1, 0.2])
+    assert "Sweep time: 210 s, the sum of its 3 runs (150 s, 60 s, 0 s).\n" in text
