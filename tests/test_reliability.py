@@ -145,9 +145,10 @@ def _copy_without_results(reference_dir, target):
 
 def test_a_second_run_in_a_used_workdir_is_refused_at_once(reference):
     workdir, second, seconds = reference
-    assert second.returncode == 1
+    assert second.returncode == 2  # refused before any work: one line, no traceback
+    assert "Traceback" not in second.stderr
     last = second.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"kd-regression failed: DirectoryLockedError: {workdir} is in use")
+    assert last.startswith(f"kd-regression: {workdir} is in use by another run (pid ")
     assert "(pid " in last and f"--workdir {workdir})" in last  # the holder and its command
     assert seconds < 60  # a bound for a loaded machine; "before any work" is shown below
     assert "teacher" not in second.stderr  # no data, no training
