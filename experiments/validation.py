@@ -19,7 +19,7 @@ import ml_collections
 import optax
 from absl import logging
 
-from experiments import tasks
+from experiments import paired, tasks
 from kd_regression import models, noise, sharding, train
 from kd_regression.methods import (
     METHODS,
@@ -176,7 +176,7 @@ def _check_report(config: ml_collections.ConfigDict) -> None:
         ("paired_references", options["references"]),
         ("robust_baselines", options["robust"]),
     ):
-        allowed = [*METHODS, *(["best_robust"] if key == "paired_references" else [])]
+        allowed = [*METHODS, *([paired.BEST_ROBUST] if key == "paired_references" else [])]
         for name in names:
             if name not in allowed:
                 raise ValueError(f"report.{key}: {name!r} is not one of {', '.join(allowed)}")

@@ -9,6 +9,7 @@ fields, ``noise.gaussian`` (σ is in its label units), each network (``hidden`` 
 import ml_collections
 
 import kd_regression.methods
+from experiments import paired
 
 # Every registered method, in the registry's order. A tuple, not a list: ml_collections can
 # override tuples from the command line.
@@ -54,8 +55,8 @@ def base(dataset_name: str, *, huber_delta: float) -> ml_collections.ConfigDict:
     # the one of report.robust_baselines with the lowest mean error (ours). A reference the
     # sweep did not run has no table.
     config.report = ml_collections.ConfigDict()
-    config.report.paired_references = ("scratch_l2", "best_robust")
-    config.report.robust_baselines = ("scratch_l1", "scratch_huber", "small_loss")
+    config.report.paired_references = ("scratch_l2", paired.BEST_ROBUST)
+    config.report.robust_baselines = paired.ROBUST
     return config
 
 

@@ -109,12 +109,12 @@ def check_split(x, y, where: str, x_name: str = "x", y_name: str = "y"):
     """``(x, y)`` as ``(x [n, ...], y [n, k])``: numeric, finite, with matching rows."""
     x = _numeric(np.asarray(x), where, x_name)
     y = _numeric(np.asarray(y), where, y_name)
-    check_magnitudes(y, where, y_name, columns=True)
-    y = y.astype(np.float32)
     if y.ndim == 1:
         y = y[:, None]
     if y.ndim != 2:
         raise DataError(f"{where}: {y_name} has shape {y.shape}; it must be [n] or [n, k]")
+    check_magnitudes(y, where, y_name, columns=True)  # before float32 could overflow
+    y = y.astype(np.float32)
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim not in (2, 3, 4):
@@ -163,23 +163,24 @@ def check_magnitudes(a: np.ndarray, where: str, name: str, *, columns: bool) -> 
     one so far from the rest of its column that it can only be a fill value."""
     if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
         return  # NaN and inf: check_finite names them
-    flat = np.abs(a.reshape(a.shape[0], -1).astype(np.float64))
-    over = np.isfinite(flat) & (flat > np.finfo(np.float32).max)
+    flat = a.reshape(a.shape[0], -1).astype(np.float64)
+    over = np.abs(flat) > np.finfo(np.float32).max
     if over.any():
         row, col = np.argwhere(over)[0]
         raise DataError(
-            f"{where}: {name} has {a.reshape(a.shape[0], -1)[row, col]:.6g} at row {row}, "
-            f"too large for float32 (at most {np.finfo(np.float32).max:.4g}); a fill value? "
-            "Remove the row, or make it NaN and drop it"
+            f"{where}: {name} has {flat[row, col]:.6g} at row {row}, too large for float32 "
+            f"(at most {np.finfo(np.float32).max:.4g}); a fill value? Remove the row, or make "
+            "it NaN and drop it"
         )
     if columns:
-        _check_fill_values(a.reshape(a.shape[0], -1).astype(np.float64), where, name)
+        _check_fill_values(flat, where, name)
 
 
 def _check_fill_values(a: np.ndarray, where: str, name: str) -> None:
     for j in range(a.shape[1]):
         col = a[:, j]
-        deviation = np.abs(col - np.median(col))
+        median = np.median(col)
+        deviation = np.abs(col - median)
         scale = 1.4826 * np.median(deviation)
         if scale == 0:  # most values equal: the smallest deviation that is not 0
             nonzero = deviation[deviation > 0]
@@ -192,7 +193,7 @@ def _check_fill_values(a: np.ndarray, where: str, name: str) -> None:
             column = "" if a.shape[1] == 1 else f", column {j}"
             raise DataError(
                 f"{where}: {name} has {col[row]:.6g} at row {row}{column}, {z[row]:.3g} robust "
-                f"standard deviations (1.4826·MAD) from the median {np.median(col):.6g}: it "
+                f"standard deviations (1.4826·MAD) from the median {median:.6g}: it "
                 f"looks like a fill value (refused beyond {FILL_VALUE_Z:g}); remove the row, "
                 "or make it NaN and drop it"
             )
