@@ -33,6 +33,9 @@ FLOPS_BATCHES = flags.DEFINE_list(
 SWEEP_CONFIG = flags.DEFINE_string(
     "sweep_config", "", "Argument of the sinusoid config for the sweep section ('quick': tiny)."
 )
+SWEEP_METHODS = flags.DEFINE_list(
+    "sweep_methods", [], "Students of the sweep section (default: the config's methods)."
+)
 
 METHOD = "tor_multitask"
 CONSTANTS = {"threshold": np.float32(0.3), "eta": np.float32(1.0)}

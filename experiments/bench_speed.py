@@ -24,7 +24,8 @@ Every section prints its figures side by side from one run:
   pip install -r requirements-bench.txt          # PyTorch (CPU), for mlp / cnn / sweep
   python -m experiments.bench_speed              # everything: about 30 min on 2 cores
   python -m experiments.bench_speed --only=mlp,cnn,flops,pipeline   # about 6 min
-  python -m experiments.bench_speed --scale=0.02 --repeats=1 --sweep_config=quick  # smoke
+  python -m experiments.bench_speed --scale=0.02 --repeats=1 --sweep_config=quick \
+      --sweep_methods=scratch_l2,tor_multitask                                    # smoke
 
 Numbers are medians over ``--repeats`` rounds; compilation is excluded by warm-up steps
 (the sweep's total includes its compilations, as a user's run does).
@@ -97,6 +98,8 @@ def bench_sweep():
     from experiments.configs import sinusoid
 
     config = sinusoid.get_config(common.SWEEP_CONFIG.value)
+    if common.SWEEP_METHODS.value:  # the smoke test: one single-head and one two-head student
+        config.methods = tuple(common.SWEEP_METHODS.value)
     config.teacher.patience = None  # the same steps on both sides
     config.teacher.num_steps = common.steps(config.teacher.num_steps)
     config.student.num_steps = common.steps(config.student.num_steps)

@@ -72,7 +72,16 @@ def export_model(
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         raise ValueError(f"format {', '.join(unknown) or '(none)'}: one or more of {FORMATS}")
+    # A signal is acted on only between the steps (interrupts.check): jax2onnx and XLA call
+    # back into Python from C++, and an exception a signal raised there was swallowed (the
+    # export went on and exited 0) or aborted the process with its staging folder left.
+    with interrupts.deferred():
+        return _export_model(workdir, cell, method, seed, head, formats, depthwise)
+
+
+def _export_model(workdir, cell, method, seed, head, formats, depthwise) -> dict[str, str]:
     model = trained.load(workdir, cell=cell, method=method, seed=seed)
+    interrupts.check()
     heads = _heads(model, head)
     x, labels = model.test_split()
     reference = _only(model.fn, heads)  # the model as trained
@@ -99,16 +108,16 @@ def export_model(
             depthwise,
             staging,
         )
+        interrupts.check()  # the last point to stop: the files are renamed all or none
         paths = {}
-        with interrupts.deferred():  # the files of one export are renamed all or none
-            for fmt in (*FORMATS, "json"):  # another format of an earlier export goes
-                path = f"{stem}.{fmt}"
-                if fmt in staged:
-                    os.replace(staged[fmt], path)
-                    paths[fmt] = path
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(path)
+        for fmt in (*FORMATS, "json"):  # another format of an earlier export goes
+            path = f"{stem}.{fmt}"
+            if fmt in staged:
+                os.replace(staged[fmt], path)
+                paths[fmt] = path
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return paths
@@ -140,6 +149,7 @@ def _stage(model, name, fn, reference, heads, x, labels, formats, depthwise, sta
     """Each format checked and written in ``staging``, then the JSON: ``{fmt: path}``."""
     paths, checks = {}, {}
     for fmt in formats:  # each is checked on the test split before it is written
+        interrupts.check()
         paths[fmt] = os.path.join(staging, f"model.{fmt}")
         write = export.export_onnx if fmt == "onnx" else export.export_stablehlo
         checks[fmt] = write(
@@ -147,6 +157,7 @@ def _stage(model, name, fn, reference, heads, x, labels, formats, depthwise, sta
         )
     # The exported file's own test metric: what a user of the file gets.
     first = formats[0]
+    interrupts.check()
     runner = (export.load_onnx if first == "onnx" else export.load_stablehlo)(paths[first])
     outputs = export.run_batched(runner, x)
     meta = _metadata(model, heads, x, formats, checks, outputs, labels)

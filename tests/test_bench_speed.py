@@ -20,6 +20,7 @@ def test_bench_speed_smoke():
         "--scale=0.004",
         "--repeats=1",
         "--sweep_config=quick",
+        "--sweep_methods=scratch_l2,tor_multitask",  # one of each kind: the timing is not tested
         "--flops_batches=16",
     ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -808,7 +808,8 @@ def test_an_interrupted_export_says_one_line_and_leaves_nothing(quick_run, signu
         text=True,
     )
     deadline = time.time() + 120
-    while not (os.path.isdir(directory) and any(".tmp" in n for n in os.listdir(directory))):
+    ours = f".{method}-seed1.tmp{run.pid}-"  # its own staging folder, not one left before
+    while not (os.path.isdir(directory) and any(n.startswith(ours) for n in os.listdir(directory))):
         assert run.poll() is None and time.time() < deadline, "the export did not stage"
         time.sleep(0.02)
     run.send_signal(signum)
