@@ -44,6 +44,7 @@ OPTIONAL_KEYS = (
     # Report options (a workdir of a version before them has none).
     "report.paired_references",
     "report.robust_baselines",
+    "loss.threshold_nu",  # the 'mixture' rule's (LossConfig's default for an older workdir)
 )
 NOISE_LEVELS = {  # noise model: (is the level valid, what is allowed)
     "none": (lambda v: v == 0.0, "0 (the labels as they are)"),

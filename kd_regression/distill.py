@@ -287,6 +287,7 @@ def store_fingerprint(
             "k": loss_config.threshold_k,
             "q": loss_config.threshold_q,
             "value": loss_config.threshold_value,
+            "nu": loss_config.threshold_nu,
         },
     }
 

@@ -39,6 +39,7 @@ class LossConfig:
     threshold_k: float = 3.0
     threshold_q: float = 0.9
     threshold_value: float | None = None
+    threshold_nu: float = 3.0  # 'mixture': the inliers' Student-t degrees of freedom
     rejection: str = "drop"  # TOR: what a rejected example learns; losses.REJECTION_MODES
     multitask_weight: float = 1.0  # λ of the teacher head
     small_loss_drop: float = 0.2  # small_loss: the fraction q of each batch dropped
@@ -53,6 +54,7 @@ class LossConfig:
             "threshold_k": (self.threshold_k > 0, "> 0"),
             "threshold_q": (0.0 <= self.threshold_q <= 1.0, "in [0, 1]"),
             "threshold_value": (self.threshold_value is None or self.threshold_value >= 0, ">= 0"),
+            "threshold_nu": (self.threshold_nu > 0, "> 0"),
             "multitask_weight": (self.multitask_weight >= 0, ">= 0"),
             "small_loss_drop": (0.0 <= self.small_loss_drop < 1.0, "in [0, 1)"),
         }
@@ -277,6 +279,8 @@ def loss_constants(labels: jax.Array, teacher: jax.Array, cfg: LossConfig) -> di
         k=cfg.threshold_k,
         q=cfg.threshold_q,
         value=cfg.threshold_value,
+        nu=cfg.threshold_nu,
+        dim=labels.shape[-1],
     )
     sq = jnp.square(residuals)
     eta = jnp.maximum(jnp.max(sq) - jnp.min(sq), jnp.finfo(sq.dtype).tiny)

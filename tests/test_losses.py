@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
+from scipy.special import gammaln
 
 from kd_regression import losses
 
@@ -379,6 +380,74 @@ def test_threshold_mad_ignores_a_few_huge_outliers():
     assert np.mean(noisy) + 3 * np.std(noisy) > 1e4 > float(fn(noisy))
 
 
+def _np_mixture_fit(r, nu, d, steps=losses.MIXTURE_EM_STEPS):
+    """The 'mixture' rule in float64 NumPy, written from the docstring's model."""
+    r2 = np.float64(r) ** 2
+    log_volume = d / 2 * np.log(np.pi) + d / 2 * np.log(r2.max()) - gammaln(d / 2 + 1)
+    log_c = gammaln((nu + d) / 2) - gammaln(nu / 2) - d / 2 * np.log(nu * np.pi)
+    s2, pi = np.median(r2) / (d * (1 - 2 / (9 * d)) ** 3), 0.1
+    for _ in range(steps):
+        log_in = (
+            np.log1p(-pi) + log_c - d / 2 * np.log(s2) - (nu + d) / 2 * np.log1p(r2 / (nu * s2))
+        )
+        inlier = 1 / (1 + np.exp(np.log(pi) - log_volume - log_in))
+        s2 = np.sum(inlier * (nu + d) / (nu + r2 / s2) * r2) / (d * np.sum(inlier))
+        pi = np.clip(1 - inlier.mean(), 1e-6, 1 - 1e-6)
+    # Where the outlier posterior is one half: (1 - π) p_in(δ) = π / V.
+    log_k = np.log(pi / (1 - pi)) - log_volume - log_c + d / 2 * np.log(s2)
+    delta = np.sqrt(nu * s2 * np.expm1(-2 * min(log_k, 0.0) / (nu + d)))
+    return min(delta, np.sqrt(r2.max())), np.sqrt(s2), pi
+
+
+def _residual_set(n, d, outliers, inliers, seed):
+    """Residual norms of ``n`` rows: inliers Gaussian or Student-t (3 dof) of scale 1 in
+    each of d dimensions, a fraction ``outliers`` uniform on [-50, 50)^d. Also the mask."""
+    rng = np.random.default_rng(seed)
+    e = rng.standard_normal((n, d)) if inliers == "gaussian" else rng.standard_t(3, (n, d))
+    corrupted = rng.random(n) < outliers
+    e = np.where(corrupted[:, None], rng.uniform(-50, 50, (n, d)), e)
+    return np.linalg.norm(e, axis=1).astype(np.float32), corrupted
+
+
+@pytest.mark.parametrize("d", [1, 2, 5])
+@pytest.mark.parametrize("outliers", [0.0, 0.1, 0.4])
+def test_threshold_mixture_matches_numpy(d, outliers):
+    r, _ = _residual_set(2000, d, outliers, "t3", seed=d)
+    fit = jax.jit(functools.partial(losses.mixture_fit, nu=3.0, dim=d))(r)
+    delta, scale, pi = _np_mixture_fit(r, 3.0, d)
+    np.testing.assert_allclose(float(fit["threshold"]), delta, rtol=2e-4)
+    np.testing.assert_allclose(float(fit["scale"]), scale, rtol=2e-4)
+    np.testing.assert_allclose(float(fit["outlier_fraction"]), pi, rtol=2e-3, atol=1e-6)
+    same = losses.rejection_threshold(r, method="mixture", nu=3.0, dim=d)
+    np.testing.assert_allclose(float(same), float(fit["threshold"]), rtol=1e-6)  # jit or not
+
+
+@pytest.mark.parametrize("inliers", ["gaussian", "t3"])
+@pytest.mark.parametrize("outliers", [0.0, 0.1, 0.4])
+def test_threshold_mixture_rejects_about_the_outliers_and_nothing_without(inliers, outliers):
+    """20,000 rows. Without outliers under 1 % is rejected (the MAD rule: 1.5 % of Gaussian,
+    6 % of t(3) residuals). With them, the rejected fraction is within 4 points of the
+    truth: an outlier that lands inside the inliers' bulk (about 7 % of them here) is
+    indistinguishable from an inlier, so the rule falls a little short, never far over."""
+    r, corrupted = _residual_set(20_000, 1, outliers, inliers, seed=7)
+    rejected = np.asarray(r > losses.rejection_threshold(r, method="mixture"))
+    mad = np.asarray(r > losses.rejection_threshold(r, method="mad"))
+    if outliers == 0:
+        assert rejected.mean() < 0.01
+        assert mad.mean() > 0.01  # the rule it replaces, on the same residuals
+    else:
+        assert abs(rejected.mean() - corrupted.mean()) < 0.04, rejected.mean()
+        assert (rejected & corrupted).sum() / rejected.sum() > 0.9  # precision
+
+
+def test_threshold_mixture_of_a_perfect_teacher_rejects_nothing():
+    zeros = np.zeros(50, np.float32)
+    assert float(losses.rejection_threshold(zeros, method="mixture")) == 0.0
+    one_off = zeros.copy()
+    one_off[3] = 2.0
+    assert np.isfinite(float(losses.rejection_threshold(one_off, method="mixture")))
+
+
 # --- vmap over seeds --------------------------------------------------------------------
 
 VMAP_CASES = {
@@ -446,7 +515,7 @@ ERROR_CASES = {
     ),
     "bad_method": (
         lambda: losses.rejection_threshold(R, method="median"),
-        r"`method` must be one of \('fixed', 'quantile', 'mad'\), got 'median'",
+        r"`method` must be one of \('fixed', 'quantile', 'mad', 'mixture'\), got 'median'",
     ),
     "bad_rejection": (
         lambda: losses.teacher_outlier_rejection(X, X, X, threshold=1.0, rejection="clip"),
@@ -501,6 +570,10 @@ ERROR_CASES = {
     "k_negative": (
         lambda: losses.rejection_threshold(R, method="mad", k=-3),
         r"`k` must be > 0, got -3",
+    ),
+    "nu_zero": (
+        lambda: losses.rejection_threshold(R, method="mixture", nu=0.0),
+        r"`nu` must be > 0, got 0.0",
     ),
     "q_low": (
         lambda: losses.rejection_threshold(R, method="quantile", q=-0.1),

@@ -78,10 +78,12 @@ def loss(*, huber_delta: float) -> ml_collections.ConfigDict:
     in target units, so each experiment sets it.
     """
     c = ml_collections.ConfigDict()
-    c.threshold_method = "mad"  # "mad", "quantile" (threshold_q), "fixed" (threshold_value)
+    # "mad", "mixture" (threshold_nu), "quantile" (threshold_q), "fixed" (threshold_value)
+    c.threshold_method = "mad"
     c.threshold_k = 3.0
     c.threshold_q = 0.9
     c.threshold_value = ml_collections.config_dict.placeholder(float)
+    c.threshold_nu = 3.0  # "mixture": the inliers' Student-t degrees of freedom
     c.rejection = "drop"  # what a rejected example learns: "drop" or "teacher"
     c.multitask_weight = 1.0  # λ of the two-head student's teacher head
     c.huber_delta = huber_delta  # scratch_huber (and a Huber teacher)
