@@ -274,7 +274,7 @@ def _restore(directory, trainer, config, role, constants, checkpoints):
     if restored is None:
         raise LoadError(f"no usable checkpoint in {directory} (damaged: see the warnings)")
     step, state, stopped = restored
-    total = config[role].num_steps
+    total = train_config(config, role).num_steps  # sized from the data where passes is set
     if step != total and not stopped:
         raise LoadError(
             f"{directory}: the latest usable checkpoint is of step {step} of {total}: the "

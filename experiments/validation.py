@@ -45,6 +45,7 @@ OPTIONAL_KEYS = (
     "report.paired_references",
     "report.robust_baselines",
     "loss.threshold_nu",  # the 'mixture' rule's (LossConfig's default for an older workdir)
+    "student.passes",  # your own data's (an older workdir's student: num_steps alone)
 )
 NOISE_LEVELS = {  # noise model: (is the level valid, what is allowed)
     "none": (lambda v: v == 0.0, "0 (the labels as they are)"),
@@ -74,11 +75,22 @@ def seeds(config: ml_collections.ConfigDict) -> list[int]:
 
 
 def train_config(config: ml_collections.ConfigDict, part: str) -> TrainConfig:
-    """``config.teacher`` / ``config.student`` as the library's training config."""
+    """``config.teacher`` / ``config.student`` as the library's training config.
+
+    A part with ``passes`` (your own data's student) trains
+    max(``num_steps``, ⌈``passes`` · training rows / ``batch_size``⌉) steps: its schedule
+    grows with the data instead of stopping after a few passes over a large file.
+    """
+    values = {**config[part].to_dict(), "steps_per_call": config.steps_per_call}
+    passes = values.pop("passes", None)
+    if passes is not None:
+        if not passes >= 0:
+            raise ValueError(f"{part}.passes={passes}: must be >= 0 (0: num_steps alone)")
+        rows = tasks.get_task(config.dataset.name, config).train_size(config.dataset)
+        by_data = math.ceil(passes * rows / max(values["batch_size"], 1))
+        values["num_steps"] = max(values["num_steps"], by_data)
     try:
-        return TrainConfig.from_dict(
-            {**config[part].to_dict(), "steps_per_call": config.steps_per_call}
-        )
+        return TrainConfig.from_dict(values)
     except ValueError as e:
         raise ValueError(f"{part}.{e}") from None
 

@@ -553,3 +553,28 @@ def test_heavy_tails_are_not_fill_values():
     counts[7] = 1e30
     with pytest.raises(arrays.DataError, match=r"here: y has 1e\+30 at row 7, "):
         arrays.check_magnitudes(counts, "here", "y", columns=True)
+
+
+def test_the_students_schedule_grows_with_the_data(tmp_path):
+    """max(num_steps, ⌈passes · training rows / batch_size⌉): the floor on a small file,
+    passes over a large one; 0 passes: num_steps alone; an older workdir has no key."""
+    from experiments.validation import train_config
+
+    for n, want in ((400, 2000), (20_000, None)):
+        x, y = _xy(n)
+        np.savez(tmp_path / f"{n}.npz", x=x, y=y)
+        config = arrays_config.get_config()
+        config.dataset.path = str(tmp_path / f"{n}.npz")
+        rows = tasks.get_task("arrays", config).train_size(config.dataset)
+        assert rows == n - round(0.15 * n) - round(0.2 * n)  # validation and test drawn
+        want = want or -(-20 * rows // 64)
+        assert train_config(config, "student").num_steps == want
+        assert want > 2000 or n == 400
+        assert train_config(config, "teacher").num_steps == 3000  # the teacher has none
+        config.student.passes = 0.0
+        assert train_config(config, "student").num_steps == 2000
+        del config.student["passes"]
+        assert train_config(config, "student").num_steps == 2000
+        config.student.passes = -1.0
+        with pytest.raises(ValueError, match=r"student.passes=-1.0: must be >= 0"):
+            train_config(config, "student")
