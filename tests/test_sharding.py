@@ -249,11 +249,12 @@ def test_fit_on_a_mesh_compiles_once_and_matches_one_device(tmp_path):
     assert "fit same on 1 and 8 devices" in out.stdout
 
 
-# A small sinusoid sweep (one cell; a method reading the teacher store) on `num_devices`,
-# in one process or as process `process_id` of several (argv: workdir num_devices).
+# A small sinusoid sweep (one cell; a method reading the teacher store) on each of the
+# comma-separated `num_devices`, one after the other in one process (one start, not one per
+# count), or as process `process_id` of several (argv: workdir num_devices,...).
 SWEEP = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     from kd_regression import sharding
     sharding.initialize()
     from experiments import sweep
@@ -265,16 +266,17 @@ SWEEP = textwrap.dedent(
     config.teacher.num_steps = 120
     config.teacher.eval_every = 40
     config.student.num_steps = 80
-    config.num_devices = int(sys.argv[2])
-    rows = sweep.run(config, sys.argv[1])
-    print("ROWS", json.dumps(rows))
+    for n in sys.argv[2].split(","):
+        config.num_devices = int(n)
+        rows = sweep.run(config, os.path.join(sys.argv[1], n))
+        print("ROWS", n, json.dumps(rows))
     """
 )
 
 
-def _rows(stdout: str) -> list[dict]:
-    line = [s for s in stdout.splitlines() if s.startswith("ROWS ")][-1]
-    return json.loads(line[5:])
+def _rows(stdout: str, devices: int) -> list[dict]:
+    line = [s for s in stdout.splitlines() if s.startswith(f"ROWS {devices} ")][-1]
+    return json.loads(line.split(" ", 2)[2])
 
 
 def _same_rows(a: list[dict], b: list[dict], rtol: float) -> None:
@@ -296,10 +298,8 @@ def _free_port() -> int:
 def test_sweep_same_on_1_and_8_devices_and_on_2_processes(tmp_path):
     """The sweep on 1 device, on 8 (one process), and on 2 processes x 4 devices (JAX's
     multi-process runtime over localhost: each process feeds and reads its own rows)."""
-    runs = {}
-    for n in (1, 8):
-        out = _run_script(SWEEP, str(tmp_path / f"single{n}"), str(n))
-        runs[n] = _rows(out.stdout)
+    out = _run_script(SWEEP, str(tmp_path / "single"), "1,8")  # 8 devices seen, 1 or 8 used
+    runs = {n: _rows(out.stdout, n) for n in (1, 8)}
     # Float rounding differs between reduction orders; measured 1.3e-4 at most.
     _same_rows(runs[1], runs[8], rtol=1e-3)
 
@@ -325,8 +325,9 @@ def test_sweep_same_on_1_and_8_devices_and_on_2_processes(tmp_path):
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-4000:]
     for stdout, _ in outs:
-        _same_rows(runs[8], _rows(stdout), rtol=1e-3)
+        _same_rows(runs[8], _rows(stdout, 0), rtol=1e-3)
     # Process 0 alone wrote the shared files; both filled the teacher store.
+    workdir = workdir / "0"
     written = report.load_rows(str(workdir / "results.jsonl"))
     _same_rows(runs[8], written, rtol=1e-3)
     assert (workdir / "summary.md").exists()
