@@ -252,7 +252,8 @@ def test_quick_config_end_to_end(built, tmp_path):
     config.dataset.data_dir = str(base / "data")
     config.noise = {"outliers": [0.3]}
     # The dataset's plumbing, with a one-head, a rejecting and a two-head student (every
-    # method runs on images in tests/test_tasks.py's faces sweep).
+    # method runs in tests/test_experiment.py's sinusoid sweep, each kind on CNNs in
+    # tests/test_tasks.py's faces sweep).
     config.methods = ("scratch_l2", "tor", "tor_multitask")
     rows = sweep.run(config, str(tmp_path))
     assert {r["fold"] for r in rows} == set(config.dataset.test_people)

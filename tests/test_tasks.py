@@ -21,10 +21,11 @@ def test_faces_metrics_are_angular_errors_in_degrees():
 def test_faces_quick_sweep_end_to_end(tmp_path):
     config = faces_config.get_config("quick")
     config.noise = {"outliers": [0.3]}
-    # Every method is run end to end by the sinusoid's quick sweep (test_experiment.py);
-    # here the CNNs with each kind of student: one head, two heads, a teacher store reader,
-    # the batch-selecting small_loss.
-    config.methods = ("scratch_l2", "kd_l2", "tor_multitask", "small_loss")
+    # Every method runs end to end in the sinusoid's quick sweep (test_experiment.py, seeds
+    # vmapped); here the CNNs, one seed at a time, with each kind of student: one head, a
+    # teacher store reader, each per-seed constant (AIL's η, TOR's δ, the oracle's noise
+    # rate), two heads, and small-loss batch selection.
+    config.methods = ("scratch_l2", "kd_l2", "ail", "tor_multitask", "small_loss_oracle")
     rows = sweep.run(config, str(tmp_path))
     assert {r["method"] for r in rows} == {"teacher", *config.methods}
     for row in rows:
