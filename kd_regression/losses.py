@@ -168,7 +168,7 @@ def rejection_threshold(
     - `'mad'`: δ = median(r) + k · 1.4826 · median(|r - median(r)|), k > 0. Median and
       MAD ignore up to half of the residuals being arbitrarily large, so a few gross label
       errors do not inflate δ the way they inflate a mean + k · std rule. It rejects a
-      fixed share of clean data whatever the outliers: about 1.5 % of Gaussian residuals
+      fixed share of clean data whatever the outliers: about 1.4 % of Gaussian residuals
       (the median and MAD of |e| are not those of e), 6 % of Student-t (3 dof) ones.
     - `'mixture'`: δ adapts to the residuals. The residual vectors are modelled as a
       mixture of inliers, an isotropic Student-t with `nu` degrees of freedom and a

@@ -425,7 +425,7 @@ def test_threshold_mixture_matches_numpy(d, outliers):
 @pytest.mark.parametrize("inliers", ["gaussian", "t3"])
 @pytest.mark.parametrize("outliers", [0.0, 0.1, 0.4])
 def test_threshold_mixture_rejects_about_the_outliers_and_nothing_without(inliers, outliers):
-    """20,000 rows. Without outliers under 1 % is rejected (the MAD rule: 1.5 % of Gaussian,
+    """20,000 rows. Without outliers under 1 % is rejected (the MAD rule: 1.4 % of Gaussian,
     6 % of t(3) residuals). With them, the rejected fraction is within 4 points of the
     truth: an outlier that lands inside the inliers' bulk (about 7 % of them here) is
     indistinguishable from an inlier, so the rule falls a little short, never far over."""
