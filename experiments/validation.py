@@ -210,7 +210,11 @@ def _check_seeds(config: ml_collections.ConfigDict) -> None:
 def _check_methods(config: ml_collections.ConfigDict) -> None:
     for i, name in enumerate(config.methods):
         if name not in METHODS:
-            raise ValueError(f"methods[{i}]={name!r}: not a method; the methods: {sorted(METHODS)}")
+            # --config.methods=(a,b) is read as one string: each name needs its quotes.
+            hint = " (quote each name: --config.methods=\"('a','b')\")" if "," in name else ""
+            raise ValueError(
+                f"methods[{i}]={name!r}: not a method{hint}; the methods: {sorted(METHODS)}"
+            )
     check_teacher_method(config.teacher.method, "teacher.method")
     if len(set(config.methods)) != len(config.methods):
         raise ValueError(f"methods={list(config.methods)}: a method is listed twice")

@@ -406,6 +406,12 @@ _DELETE = object()
         ("student.num_steps", _DELETE, "config key student.num_steps is missing"),
         ("methods", ("tor", "no_such"), r"methods\[1\]='no_such': not a method; the methods: \["),
         (
+            "methods",
+            ("(tor,kd_l2)",),  # what --config.methods=(tor,kd_l2) gives
+            r"methods\[0\]='\(tor,kd_l2\)': not a method \(quote each name: --config.methods=",
+        ),
+        ("loss.threshold_nu", 0.0, r"invalid threshold_nu=0.0 \(must be > 0\)"),
+        (
             "teacher.method",
             "tor_multitask",
             r"teacher.method='tor_multitask': needs a teacher; a teacher trains with one of "
