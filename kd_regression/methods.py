@@ -35,7 +35,7 @@ class LossConfig:
     bounded_weight: float = 1.0  # Chen et al. 2017, ν: weight of the bounded term
     ail_alpha: float = 0.5  # Saputra et al. 2019, α
     ail_clip: bool = True  # clip Φ to [0, 1]; see losses.attentive_imitation
-    threshold_method: str = "mad"  # TOR δ: one of losses.THRESHOLD_METHODS
+    threshold_method: str = "mixture"  # TOR δ: one of losses.THRESHOLD_METHODS
     threshold_k: float = 3.0
     threshold_q: float = 0.9
     threshold_value: float | None = None

@@ -40,7 +40,7 @@ def test_four_calls_from_arrays_to_a_two_head_student(tmp_path):
     np.testing.assert_array_equal(student.predict(xv), heads["label"])
     # δ and η are the store's, as the sweep reads them, and live in the student's state.
     stats = store.statistics
-    np.testing.assert_allclose(student.constants["threshold"], stats["threshold_mad"])
+    np.testing.assert_allclose(student.constants["threshold"], stats["threshold_mixture"])
     np.testing.assert_allclose(np.asarray(student.state.constants["eta"]), stats["eta"])
     metrics = kd.regression_metrics(student.predict(xv), yv)
     assert np.isfinite(metrics["rmse"]) and metrics["rmse"] < np.std(yv)

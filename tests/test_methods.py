@@ -158,11 +158,13 @@ def test_loss_config_from_dict():
     "cfg",
     [
         LossConfig(),
-        LossConfig(threshold_k=1.5),
+        LossConfig(threshold_method="mixture", threshold_nu=10.0),
+        LossConfig(threshold_method="mad"),
+        LossConfig(threshold_method="mad", threshold_k=1.5),
         LossConfig(threshold_method="quantile", threshold_q=0.75),
         LossConfig(threshold_method="fixed", threshold_value=0.4),
     ],
-    ids=["mad", "mad_k1.5", "quantile", "fixed"],
+    ids=["default_mixture", "mixture_nu10", "mad", "mad_k1.5", "quantile", "fixed"],
 )
 def test_loss_constants(cfg):
     _, batch = _data(batch=50, d=3, seed=1)
@@ -174,6 +176,8 @@ def test_loss_constants(cfg):
         k=cfg.threshold_k,
         q=cfg.threshold_q,
         value=cfg.threshold_value,
+        nu=cfg.threshold_nu,
+        dim=y.shape[-1],
     )
     np.testing.assert_allclose(c["threshold"], expected, rtol=1e-6)
     sq = np.sum((np.float64(t) - y) ** 2, axis=-1)

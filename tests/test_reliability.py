@@ -198,7 +198,7 @@ def test_a_store_edited_and_rehashed_never_meets_old_students(reference, tmp_pat
     workdir = _copy_without_results(ref, tmp_path / "w")
     path = workdir / "teacher_store" / "outliers_0.3" / "manifest.json"
     manifest = json.loads(path.read_text())
-    manifest["statistics"]["threshold_mad"] = [0.01, 0.01]
+    manifest["statistics"]["threshold_mixture"] = [0.01, 0.01]  # the default rule's δ
     manifest["manifest_sha256"] = store_format.manifest_digest(manifest)
     path.write_text(json.dumps(manifest))
     old = sorted(os.listdir(workdir / "checkpoints" / "outliers_0.3"))
