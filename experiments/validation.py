@@ -45,7 +45,8 @@ OPTIONAL_KEYS = (
     "report.paired_references",
     "report.robust_baselines",
     "loss.threshold_nu",  # the 'mixture' rule's (LossConfig's default for an older workdir)
-    "student.passes",  # your own data's (an older workdir's student: num_steps alone)
+    "student.passes",  # your own data's (an older workdir's: num_steps alone)
+    "teacher.passes",
 )
 NOISE_LEVELS = {  # noise model: (is the level valid, what is allowed)
     "none": (lambda v: v == 0.0, "0 (the labels as they are)"),
@@ -77,7 +78,7 @@ def seeds(config: ml_collections.ConfigDict) -> list[int]:
 def train_config(config: ml_collections.ConfigDict, part: str) -> TrainConfig:
     """``config.teacher`` / ``config.student`` as the library's training config.
 
-    A part with ``passes`` (your own data's student) trains
+    A part with ``passes`` (your own data's teacher and student) trains
     max(``num_steps``, ⌈``passes`` · training rows / ``batch_size``⌉) steps: its schedule
     grows with the data instead of stopping after a few passes over a large file.
     """
