@@ -266,6 +266,12 @@ def _check_parts(config: ml_collections.ConfigDict, task, roles: tuple[str, ...]
     n_train = task.train_size(config.dataset)
     for part in roles:
         c = train_config(config, part)
+        if part == "student" and c.patience is not None:
+            raise ValueError(
+                f"student.patience={c.patience}: the sweep's students do not stop early (their "
+                "losses need the teacher on the validation split, which is not made); size "
+                "their schedule with student.num_steps (or student.passes on your own data)"
+            )
         if c.batch_size > n_train:
             raise ValueError(
                 f"{part}.batch_size={c.batch_size} must be in [1, {n_train}] (training examples)"

@@ -426,6 +426,7 @@ _DELETE = object()
         ("teacher.learning_rate", -1e-3, r"teacher.learning_rate=-0.001: must be > 0"),
         ("teacher.num_steps", 0, r"teacher.num_steps=0: must be >= 1"),
         ("student.patience", 0, r"student.patience=0: must be None \(off\) or >= 1"),
+        ("student.patience", 6, r"student.patience=6: the sweep's students do not stop early"),
         ("teacher.folds", 1, r"teacher.folds=1: 0 \(off\) or k >= 2"),
         ("num_seeds", 0, "num_seeds must be >= 1"),
         ("steps_per_call", 0, r"^steps_per_call=0: must be >= 1"),
