@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="", help="students to show (default: all)")
     args = parser.parse_args(argv)
     try:
+        bad = [r for r in args.run if "=" not in r]
+        if bad:
+            raise ValueError(f"--run {bad[0]}: give NAME=WORKDIR (the name labels its methods)")
         runs = dict(r.split("=", 1) for r in args.run)
         rows, metric = rows_of(runs)
         methods = [m for m in args.methods.split(",") if m]

@@ -49,3 +49,5 @@ def test_two_runs_pair_by_seed_and_unpaired_runs_are_refused(tmp_path, capsys):
         compare.main(["--run", f"mad={a}", "--run", f"x={short}", "--reference", "tor [mad]"]) == 2
     )
     assert "seed" in capsys.readouterr().err
+    assert compare.main(["--run", a, "--reference", "tor [mad]"]) == 2  # no name
+    assert f"--run {a}: give NAME=WORKDIR" in capsys.readouterr().err
