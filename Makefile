@@ -30,7 +30,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 
 bench: $(VENV)/.bench
-	$(BIN)/python -m experiments.bench_speed
+	$(BIN)/python -m experiments.bench.speed
 
 test: lint $(VENV)/.bench
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=10

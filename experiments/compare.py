@@ -2,7 +2,7 @@
 
 Two sweeps that differ only in an option of the method (TOR's threshold rule, the
 teacher's loss) train on the same seeds' data, noise and initialisations, so their rows
-pair by seed like the methods of one sweep do (experiments/paired.py). Each method is
+pair by seed like the methods of one sweep do (experiments/report/paired.py). Each method is
 labelled ``method [run]``; the table gives, per cell, every student's mean difference of
 the task's metric to the reference, its 95 % t interval and on how many seeds it was lower.
 
@@ -20,7 +20,8 @@ import json
 import os
 import sys
 
-from experiments import paired, report, tasks
+from experiments import tasks
+from experiments.report import paired, report
 
 USAGE_ERROR = 2
 PAIRED_ON = ("dataset", "noise", "seed", "num_seeds")  # config keys the runs must share

@@ -29,8 +29,8 @@ import shutil
 import sys
 import tempfile
 
-from experiments import trained
-from experiments.validation import ConfigError
+from experiments.sweep import trained
+from experiments.sweep.validation import ConfigError
 from kd_regression import __version__, export, interrupts, models
 from kd_regression.fileio import atomic_write_text
 
@@ -65,7 +65,7 @@ def export_model(
     CPU, see docs/export.md; ``"taps"``: shifted multiply-adds, as the sweep trains them
     on a CPU; the same parameters and function, and each file is checked against the
     model as trained). Raises
-    :class:`experiments.trained.LoadError` (or ``ValueError``) for a request the workdir
+    :class:`experiments.sweep.trained.LoadError` (or ``ValueError``) for a request the workdir
     cannot serve and :class:`kd_regression.export.ExportError` for a model
     that does not export; in both cases nothing is written.
     """

@@ -21,8 +21,8 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import resume, sweep
-from experiments.validation import ConfigError
+from experiments.sweep import resume, sweep
+from experiments.sweep.validation import ConfigError
 from kd_regression import interrupts, sharding
 from kd_regression.fileio import DirectoryLockedError
 
@@ -68,7 +68,7 @@ def main(argv):
         # Our own lines at verbosity 1 (absl's logger only: set_verbosity would set the
         # root logger, and every library's debug chatter with it).
         logging.get_absl_logger().setLevel(std_logging.DEBUG)
-    # Multi-process (KD_REGRESSION_DISTRIBUTED=1): before any computation; see the README.
+    # Multi-process (KD_REGRESSION_DISTRIBUTED=1): before any computation; see docs/scaling.md.
     sharding.initialize()
     with interrupts.handle():
         try:

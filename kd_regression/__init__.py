@@ -18,20 +18,42 @@ The pieces they are made of live in their own modules: losses, methods, models, 
 
 __version__ = "0.1.0"
 
-from kd_regression.checkpoints import CheckpointWriteError
-from kd_regression.distill import (
-    GivenTeacher,
-    Student,
-    Teacher,
-    given_teacher,
-    store_predictions,
-    train_student,
-    train_teacher,
-)
-from kd_regression.methods import METHODS, LossConfig, Method, get_method
-from kd_regression.metric_window import NonFiniteError
-from kd_regression.train import regression_metrics
-from kd_regression.trainer import TrainConfig, Trainer
+# Names are loaded on first use (PEP 562), so that a light entry point such as
+# ``python -m kd_regression.datasets.build`` does not import JAX and tensorstore through
+# this package, and no module of the package imports another through it.
+_SOURCES = {
+    "CheckpointWriteError": "checkpoints",
+    "GivenTeacher": "distill",
+    "Student": "distill",
+    "Teacher": "distill",
+    "given_teacher": "distill",
+    "store_predictions": "distill",
+    "train_student": "distill",
+    "train_teacher": "distill",
+    "METHODS": "methods",
+    "LossConfig": "methods",
+    "Method": "methods",
+    "get_method": "methods",
+    "NonFiniteError": "metric_window",
+    "regression_metrics": "train",
+    "TrainConfig": "trainer",
+    "Trainer": "trainer",
+}
+
+
+def __getattr__(name: str):
+    if name not in _SOURCES:
+        raise AttributeError(f"module 'kd_regression' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"kd_regression.{_SOURCES[name]}"), name)
+    globals()[name] = value  # later uses skip this function
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_SOURCES])
+
 
 __all__ = [
     "METHODS",

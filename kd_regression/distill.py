@@ -112,11 +112,17 @@ class Teacher:
         picked = np.take_along_axis(np.stack(outs, -1), self.folds[:, index, None, None], -1)
         return picked[..., 0]
 
-    def params_digest(self) -> str:
+    @functools.cached_property
+    def _params_digest(self) -> str:
         h = hashlib.sha256()
         for leaf in jax.tree.leaves(jax.device_get([t.params for t in self.states])):
             h.update(np.ascontiguousarray(leaf).tobytes())
         return h.hexdigest()[:16]
+
+    def params_digest(self) -> str:
+        """A digest of the parameters, computed once (a trained teacher does not change;
+        the store's fingerprint and the students' checkpoint keys both ask for it)."""
+        return self._params_digest
 
 
 @dataclasses.dataclass

@@ -90,7 +90,7 @@ def depthwise_conv_taps(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Arr
     ``x: [batch, H, W, C]``, ``kernel: [kh, kw, 1, C]`` (``nnx.Conv``'s layout with
     ``feature_group_count = C``). The same function as ``lax.conv_general_dilated``, but
     as ``kh * kw`` fused multiply-adds: XLA's CPU backend runs a grouped convolution
-    several times slower (see ``experiments/bench_speed.py``, section cnn).
+    several times slower (see ``experiments/bench/speed.py``, section cnn).
     """
     kh, kw = kernel.shape[:2]
     (top, bottom), (left, right) = (

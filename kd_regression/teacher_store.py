@@ -203,6 +203,7 @@ class TeacherStore:
         self.dtype = np.dtype(manifest["dtype"])
         self.ndim = len(self.shape)
         self.statistics = manifest["statistics"]
+        self._loaded: np.ndarray | None = None
 
     def __getitem__(self, key) -> np.ndarray:
         """NumPy-style outer indexing (integer arrays pick rows), read from disk."""
@@ -219,8 +220,12 @@ class TeacherStore:
         return self[(slice(None),) * (self.ndim - 2) + (np.asarray(index), slice(None))]
 
     def load(self) -> np.ndarray:
-        """The whole store in memory."""
-        return self[...]
+        """The whole store in memory, read once per opened store and then shared (read-only):
+        every student of a cell and its rejection scores use the same array."""
+        if self._loaded is None:
+            self._loaded = self[...]
+            self._loaded.setflags(write=False)
+        return self._loaded
 
 
 def open_store(

@@ -148,7 +148,7 @@ def make_multi_step(
 
     The same steps in the same order as ``k`` calls of ``train_step``; jit (and vmap) it
     like the step. One call per ``k`` steps keeps a small model from being bound by the
-    per-call dispatch cost (see ``experiments/bench_speed.py``).
+    per-call dispatch cost (see ``experiments/bench/speed.py``).
     """
 
     def multi_step(state: TrainState, batches: Batch) -> tuple[TrainState, Metrics]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -60,9 +60,14 @@ class TrainConfig:
         )
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
-        """The fields of ``values`` that are this class's (a config section has others)."""
+    def from_dict(cls, values: Mapping[str, Any], ignore: Iterable[str] = ()) -> TrainConfig:
+        """A config from ``values``; a key that is not a field is an error naming it (a
+        misspelt field must not vanish), except those in ``ignore`` (a config section that
+        holds other settings too, such as the model's)."""
         names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names - set(ignore))
+        if unknown:
+            raise ValueError(f"unknown training keys {unknown}; allowed: {sorted(names)}")
         return cls(**{k: v for k, v in values.items() if k in names})
 
 

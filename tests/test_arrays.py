@@ -8,8 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from experiments import arrays_task, sweep, tasks
+from experiments import tasks
 from experiments.configs import arrays as arrays_config
+from experiments.sweep import sweep
+from experiments.tasks import arrays as arrays_task
 from kd_regression import TrainConfig, distill, models
 from kd_regression.datasets import arrays
 
@@ -80,7 +82,7 @@ def test_npz_sweep_reports_each_output_in_the_files_units(tmp_path):
 def _check_loaded_student(workdir, tor_rows, path):
     """trained.load's predict is in the file's units: its RMSE against the file's own test
     rows is the results.jsonl row's; the export's statistics say how to get there."""
-    from experiments import trained
+    from experiments.sweep import trained
 
     model = trained.load(workdir, cell="outliers_0.3", method="tor", seed=1)
     (row,) = [r for r in tor_rows if (r["noise"], r["seed"]) == ("outliers", 1)]
@@ -198,7 +200,7 @@ def _check_image_export(workdir, rows):
     """The image student exported with its depthwise convolutions as grouped convolutions
     (trained as taps) scores its results.jsonl row in the file's units in onnxruntime."""
     from experiments import export as export_cli
-    from experiments import trained
+    from experiments.sweep import trained
     from kd_regression import export
 
     (row,) = [r for r in rows if r["method"] == "tor" and r["noise"] == "none"]
@@ -559,7 +561,7 @@ def test_the_schedules_grow_with_the_data(tmp_path):
     """The teacher's and the student's max(num_steps, ⌈passes · training rows /
     batch_size⌉): the floor on a small file, passes over a large one; 0 passes: num_steps
     alone; an older workdir has no key."""
-    from experiments.validation import train_config
+    from experiments.sweep.validation import train_config
 
     for n, want in ((400, 2000), (20_000, None)):
         x, y = _xy(n)

@@ -16,7 +16,7 @@ def test_bench_speed_smoke():
     cmd = [
         sys.executable,
         "-m",
-        "experiments.bench_speed",
+        "experiments.bench.speed",
         "--scale=0.004",
         "--repeats=1",
         "--sweep_config=quick",
@@ -35,6 +35,6 @@ def test_bench_speed_smoke():
 
 
 def test_bench_speed_rejects_unknown_sections():
-    cmd = [sys.executable, "-m", "experiments.bench_speed", "--only=mlp,gpu"]
+    cmd = [sys.executable, "-m", "experiments.bench.speed", "--only=mlp,gpu"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "unknown sections ['gpu']" in done.stderr

@@ -14,7 +14,7 @@ def test_bench_store_smoke():
     cmd = [
         sys.executable,
         "-m",
-        "experiments.bench_store",
+        "experiments.bench.store",
         "--scale=0.005",
         "--rows=0.05",
         "--repeats=1",

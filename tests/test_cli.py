@@ -12,8 +12,8 @@ import sys
 import pytest
 from absl import logging
 
-from experiments import sweep
-from experiments.cell import Cell
+from experiments.sweep import sweep
+from experiments.sweep.cell import Cell
 from kd_regression import fileio, loop, writers
 
 COMMAND = os.path.join(os.path.dirname(sys.executable), "kd-regression")

@@ -101,6 +101,10 @@ def test_bad_calls_are_refused():
         kd.TrainConfig(num_steps=0)
     with pytest.raises(ValueError, match="learning_rate=-1: must be > 0"):
         kd.TrainConfig(learning_rate=-1)
+    with pytest.raises(ValueError, match=r"unknown training keys \['learning_rat'\]; allowed"):
+        kd.TrainConfig.from_dict({"learning_rat": 0.1, "num_steps": 5})
+    given = {"learning_rate": 0.1, "hidden": (8,)}
+    assert kd.TrainConfig.from_dict(given, ignore=("hidden",)).learning_rate == 0.1
     teacher_methods = r"\['scratch_huber', 'scratch_l1', 'scratch_l2'\]"
     with pytest.raises(ValueError, match=f"=.kd_l2.: needs a teacher; .* of {teacher_methods}"):
         kd.train_teacher(x, y, mlp(8), CFG, method="kd_l2")

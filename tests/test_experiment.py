@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 
 from experiments import export as export_cli
-from experiments import report, sweep, validation
-from experiments.cell import Cell
 from experiments.configs import sinusoid as sinusoid_config
+from experiments.report import report
+from experiments.sweep import sweep, validation
+from experiments.sweep.cell import Cell
 from kd_regression import export
 from kd_regression.datasets import sinusoid
 from kd_regression.methods import METHODS
@@ -704,7 +705,7 @@ def test_an_out_of_fold_teacher_exports_as_the_mean_of_its_folds(tmp_path):
 def test_a_fit_whose_final_checkpoint_is_gone_is_not_exported(quick_run, monkeypatch, capsys):
     """The latest usable checkpoint is not the fit's last step (the final one damaged):
     refused, saying so, nothing written."""
-    from experiments import trained
+    from experiments.sweep import trained
     from kd_regression import loop
 
     _, workdir, *_ = quick_run

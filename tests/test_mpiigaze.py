@@ -245,7 +245,7 @@ def test_build_command(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_quick_config_end_to_end(built, tmp_path):
-    from experiments import sweep
+    from experiments.sweep import sweep
 
     base, _, _ = built
     config = mpiigaze_config.get_config("quick")

@@ -1,4 +1,4 @@
-"""experiments.paired: paired differences to a reference method, their t intervals."""
+"""experiments.report.paired: paired differences to a reference method, their t intervals."""
 
 import json
 import random
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from experiments import paired, report
+from experiments.report import paired, report
 
 # Errors of three methods on five seeds of one cell; tor is better than scratch_l2 on
 # every seed by a margin that varies less than the errors do, scratch_l1 no different on

@@ -18,9 +18,10 @@ import time
 
 import pytest
 
-from experiments import report, sweep
 from experiments.configs import faces as faces_config
 from experiments.configs import sinusoid as sinusoid_config
+from experiments.report import report
+from experiments.sweep import sweep
 from kd_regression import fileio, store_format
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -259,7 +260,7 @@ def test_sigint_during_a_save_and_sigterm_stop_at_once_and_resume(reference, tmp
 @pytest.mark.parametrize(
     ("function", "file"),
     [
-        ("experiments.resume.save_fits", "fits.npz"),
+        ("experiments.sweep.resume.save_fits", "fits.npz"),
         ("kd_regression.teacher_store.write_range", "teacher_store/outliers_0.3"),
     ],
 )

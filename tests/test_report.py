@@ -1,4 +1,4 @@
-"""experiments.report: mean ± standard error over seeds, best-per-column marking."""
+"""experiments.report.report: mean ± standard error over seeds, best-per-column marking."""
 
 import math
 import os
@@ -6,7 +6,7 @@ from unittest import mock
 
 import numpy as np
 
-from experiments import report
+from experiments.report import report
 from kd_regression.methods import METHODS
 
 

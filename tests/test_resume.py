@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments import report
+from experiments.report import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +33,7 @@ RUN = textwrap.dedent(
     """
     import functools, glob, os, signal, sys, time
     from absl import logging
-    from experiments import resume, sweep
+    from experiments.sweep import resume, sweep
     from experiments.configs import sinusoid
     from kd_regression import fileio, input_pipeline, loop, teacher_store, train
 
@@ -240,8 +240,8 @@ def test_results_of_another_config_are_never_mixed_in(uninterrupted, tmp_path):
 
 
 def test_a_config_from_before_a_key_existed_is_the_same_config(tmp_path):
-    from experiments import resume
     from experiments.configs import sinusoid
+    from experiments.sweep import resume
 
     config = sinusoid.get_config("quick")
     old = json.loads(config.to_json_best_effort())

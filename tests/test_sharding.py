@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import report
+from experiments.report import report
 from kd_regression import models, sharding, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,7 +115,7 @@ EIGHT_DEVICES = textwrap.dedent(
         print("error:", e)
 
     # The sweep refuses such a batch size before any work, naming the config key.
-    from experiments import sweep
+    from experiments.sweep import sweep
     from experiments.configs import sinusoid
     config = sinusoid.get_config("quick")
     config.student.batch_size = 100
@@ -148,8 +148,8 @@ def test_same_step_on_1_and_8_devices_and_no_retrace():
 
 
 def test_config_errors_name_num_devices():
-    from experiments import sweep
     from experiments.configs import sinusoid
+    from experiments.sweep import sweep
 
     config = sinusoid.get_config("quick")
     config.num_devices = jax.device_count() + 1
@@ -257,7 +257,7 @@ SWEEP = textwrap.dedent(
     import json, os, sys
     from kd_regression import sharding
     sharding.initialize()
-    from experiments import sweep
+    from experiments.sweep import sweep
     from experiments.configs import sinusoid
 
     config = sinusoid.get_config("quick")

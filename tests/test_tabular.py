@@ -1,9 +1,9 @@
-"""The synthetic tabular benchmark's data file (experiments/tabular.py)."""
+"""The synthetic tabular benchmark's data file (experiments/data/tabular.py)."""
 
 import numpy as np
 from scipy import stats
 
-from experiments import tabular
+from experiments.data import tabular
 
 
 def _friedman(x):

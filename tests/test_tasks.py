@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from experiments import sweep, tasks
+from experiments import tasks
 from experiments.configs import faces as faces_config
+from experiments.sweep import sweep
 
 
 def test_faces_metrics_are_angular_errors_in_degrees():
@@ -59,7 +60,7 @@ def _check_exported_faces_models(workdir, rows):
     """A faces workdir's ResNet teacher and MobileNet-like student (depthwise as grouped
     convolutions, trained as taps) exported to ONNX score their rows' errors in degrees."""
     from experiments import export as export_cli
-    from experiments import trained
+    from experiments.sweep import trained
     from kd_regression import export
 
     for method, head in (("teacher", "main"), ("tor_multitask", "label")):

@@ -37,6 +37,8 @@ def test_round_trip(tmp_path, shape, dtype, chunk_rows):
     store = teacher_store.open_store(directory, FINGERPRINT)
     assert store.shape == shape and store.dtype == dtype and store.statistics == {"eta": 1.5}
     np.testing.assert_array_equal(store.load(), preds)
+    # Read once per opened store, then shared read-only (a cell's students all use it).
+    assert store.load() is store.load() and not store.load().flags.writeable
     index = np.array([4, 0, 2])
     np.testing.assert_array_equal(store.rows(index), preds[..., index, :])
     # A tuple and its list are the same fingerprint (compared after a JSON round trip).

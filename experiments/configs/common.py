@@ -9,7 +9,7 @@ fields, ``noise.gaussian`` (σ is in its label units), each network (``hidden`` 
 import ml_collections
 
 import kd_regression.methods
-from experiments import paired
+from experiments.report import paired
 
 # Every registered method, in the registry's order. A tuple, not a list: ml_collections can
 # override tuples from the command line.
@@ -51,7 +51,7 @@ def base(dataset_name: str, *, huber_delta: float) -> ml_collections.ConfigDict:
     # True in a `:quick` variant: summary.md then says its numbers check the plumbing only.
     config.quick = False
     # summary.md compares every student with each of these, paired by seed
-    # (experiments/paired.py): a method of the registry, or "best_robust": in each column,
+    # (experiments/report/paired.py): a method of the registry, or "best_robust": in each column,
     # the one of report.robust_baselines with the lowest mean error (ours). A reference the
     # sweep did not run has no table.
     config.report = ml_collections.ConfigDict()

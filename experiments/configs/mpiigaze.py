@@ -2,7 +2,7 @@ r"""MPIIGaze gaze estimation, leave one person out: every method, noise level, s
 
 The sinusoid experiment's pipeline (teacher, store, every method, noise levels, seeds) on
 kd_regression.datasets.mpiigaze, run once per test person (15 folds by default). Build
-the dataset once from your copy (see the README), then:
+the dataset once from your copy (see docs/datasets.md), then:
 
   python -m experiments.main --config experiments/configs/mpiigaze.py --workdir runs/gaze \
       --config.dataset.data_dir=DATA [--config.dataset.manual_dir=MANUAL]

@@ -2,7 +2,7 @@ r"""Multi-PIE head-pose yaw (13 cameras): every method, noise level and seed.
 
 The sinusoid experiment's pipeline on kd_regression.datasets.multipie: regress the yaw
 (−90°…+90°) of a face photograph; test subjects 201–346, validation subjects drawn from
-001–200. Build the dataset once from your licensed copy (see the README), then:
+001–200. Build the dataset once from your licensed copy (see docs/datasets.md), then:
 
   python -m experiments.main --config experiments/configs/multipie.py --workdir runs/pie \
       --config.dataset.data_dir=DATA [--config.dataset.manual_dir=MANUAL]

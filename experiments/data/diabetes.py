@@ -3,7 +3,7 @@
 442 patients, 10 measurements, the target a disease progression score one year later
 (Efron et al. 2004; the data ship inside scikit-learn's wheel, nothing is downloaded).
 
-    python -m experiments.diabetes --out DIR
+    python -m experiments.data.diabetes --out DIR
 
 writes ``DIR/diabetes.npz`` (``x``/``y`` to train on, ``x_test``/``y_test`` held out: 20 %
 of the rows by a fixed seed; the validation split is drawn from ``x`` by the sweep) and

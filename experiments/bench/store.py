@@ -11,8 +11,8 @@ student trains for the same steps with:
 
 Goal: (b) within 10 % of (a); (c)/(b) says what the store saves. Run:
 
-  python -m experiments.bench_store              # about 5 minutes on a 2-core CPU
-  python -m experiments.bench_store --scale 0.05 --rows 0.05 --repeats 1   # a smoke run
+  python -m experiments.bench.store              # about 5 minutes on a 2-core CPU
+  python -m experiments.bench.store --scale 0.05 --rows 0.05 --repeats 1   # a smoke run
 """
 
 from __future__ import annotations

@@ -22,9 +22,9 @@ Every section prints its figures side by side from one run:
             within 5 %.
 
   pip install -r requirements-bench.txt          # PyTorch (CPU), for mlp / cnn / sweep
-  python -m experiments.bench_speed              # everything: about 30 min on 2 cores
-  python -m experiments.bench_speed --only=mlp,cnn,flops,pipeline   # about 6 min
-  python -m experiments.bench_speed --scale=0.02 --repeats=1 --sweep_config=quick \
+  python -m experiments.bench.speed              # everything: about 30 min on 2 cores
+  python -m experiments.bench.speed --only=mlp,cnn,flops,pipeline   # about 6 min
+  python -m experiments.bench.speed --scale=0.02 --repeats=1 --sweep_config=quick \
       --sweep_methods=scratch_l2,tor_multitask                                    # smoke
 
 Numbers are medians over ``--repeats`` rounds; compilation is excluded by warm-up steps
@@ -43,16 +43,16 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, logging
 
-from experiments import bench_common as common
-from experiments import bench_machine
-from experiments.bench_common import FACE_STUDENT, METHOD, SECTIONS, K
+from experiments.bench import common
+from experiments.bench import machine as bench_machine
+from experiments.bench.common import FACE_STUDENT, METHOD, SECTIONS, K
 from kd_regression import methods, models
 
 
 def bench_mlp():
     import torch
 
-    from experiments import torch_baseline
+    from experiments.bench import torch_baseline
 
     arrays = common.data(2000, (1,))
     steps = common.steps(4000)
@@ -71,7 +71,7 @@ def bench_mlp():
 
 
 def bench_cnn():
-    from experiments import torch_baseline
+    from experiments.bench import torch_baseline
 
     arrays = common.data(4096, (25, 25, 1))
     steps = common.steps(400)
@@ -94,8 +94,10 @@ def bench_cnn():
 def bench_sweep():
     import torch
 
-    from experiments import cell, sweep, tasks, torch_baseline
+    from experiments import tasks
+    from experiments.bench import torch_baseline
     from experiments.configs import sinusoid
+    from experiments.sweep import cell, sweep
 
     config = sinusoid.get_config(common.SWEEP_CONFIG.value)
     if common.SWEEP_METHODS.value:  # the smoke test: one single-head and one two-head student

@@ -14,8 +14,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from experiments import report
-from experiments.validation import TEACHER, cell_name, flatten, seeds
+from experiments.report import report
+from experiments.sweep.validation import TEACHER, cell_name, flatten, seeds
 from kd_regression import models
 from kd_regression.fileio import atomic_write, atomic_write_text
 from kd_regression.methods import get_method

@@ -13,9 +13,9 @@ The student is exported as the sweep trains it (``tor_multitask``: two heads, th
 head kept), with its depthwise convolutions as trained (``taps``) and as one grouped
 convolution (``conv``, the same parameters). Run:
 
-  python -m experiments.bench_export                      # about 3 minutes on a 2-core CPU
-  python -m experiments.bench_export --runs sinusoid=DIR,faces=DIR --cell outliers_0.2
-  python -m experiments.bench_export --tasks sinusoid --calls 20   # a smoke run
+  python -m experiments.bench.export                      # about 3 minutes on a 2-core CPU
+  python -m experiments.bench.export --runs sinusoid=DIR,faces=DIR --cell outliers_0.2
+  python -m experiments.bench.export --tasks sinusoid --calls 20   # a smoke run
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from experiments import report, tasks
+from experiments import tasks
 from experiments.configs import faces, mpiigaze, multipie, sinusoid
-from experiments.validation import cell_name
+from experiments.report import report
+from experiments.sweep.validation import cell_name
 from kd_regression import export, models
 
 _TASKS = flags.DEFINE_list("tasks", ["sinusoid", "faces", "mpiigaze", "multipie"], "Tasks.")

@@ -1,6 +1,6 @@
 """What a run costs before it computes: start-up time, peak memory and the environment's size.
 
-    python -m experiments.bench_startup [--repeats 3] [--config sinusoid:quick]
+    python -m experiments.bench.startup [--repeats 3] [--config sinusoid:quick]
 
 Runs ``python -m experiments.main --config CONFIG`` in a fresh process (a new workdir each
 round) and prints, as medians over the rounds: the start-up time (from the command to the

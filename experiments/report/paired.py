@@ -33,6 +33,7 @@ __all__ = [
 BEST_ROBUST = "best_robust"
 # The teacher-free robust baselines, by default: robust losses and small-loss selection.
 ROBUST = ("scratch_l1", "scratch_huber", "small_loss")
+# The teacher's rows in results.jsonl (their "method"), and its role everywhere else.
 TEACHER = "teacher"
 
 

@@ -19,7 +19,9 @@ import ml_collections
 import optax
 from absl import logging
 
-from experiments import paired, tasks
+from experiments import tasks
+from experiments.report import paired
+from experiments.report.paired import TEACHER
 from kd_regression import models, noise, sharding, train
 from kd_regression.methods import (
     METHODS,
@@ -30,7 +32,6 @@ from kd_regression.methods import (
 )
 from kd_regression.trainer import TrainConfig
 
-TEACHER = "teacher"
 MAX_SEED = 2**32 - 1
 # Train states a seed holds at once, at least: the state and the best state, and the host
 # copies of both an asynchronous checkpoint save makes.
@@ -48,6 +49,9 @@ OPTIONAL_KEYS = (
     "student.passes",  # your own data's (an older workdir's: num_steps alone)
     "teacher.passes",
 )
+# Keys of config.teacher / config.student that the sweep reads and training does not: the
+# method, the model's sizes, a teacher given as predictions and its out-of-fold layout.
+SWEEP_PART_KEYS = ("method", "hidden", "model", "folds", "predictions", "columns", "fold_key")
 NOISE_LEVELS = {  # noise model: (is the level valid, what is allowed)
     "none": (lambda v: v == 0.0, "0 (the labels as they are)"),
     "outliers": (lambda v: 0.0 <= v <= 1.0, "a rate in [0, 1]"),
@@ -91,7 +95,7 @@ def train_config(config: ml_collections.ConfigDict, part: str) -> TrainConfig:
         by_data = math.ceil(passes * rows / max(values["batch_size"], 1))
         values["num_steps"] = max(values["num_steps"], by_data)
     try:
-        return TrainConfig.from_dict(values)
+        return TrainConfig.from_dict(values, ignore=SWEEP_PART_KEYS)
     except ValueError as e:
         raise ValueError(f"{part}.{e}") from None
 

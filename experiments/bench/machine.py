@@ -5,8 +5,8 @@
   pipeline  bench_pipeline: loop.fit fed by the real input pipeline against batches
             already on the device.
 
-Run them with ``python -m experiments.bench_speed --only=flops,pipeline`` (the flags and
-helpers are in experiments/bench_common.py; experiments/bench_speed.py documents every
+Run them with ``python -m experiments.bench.speed --only=flops,pipeline`` (the flags and
+helpers are in experiments/bench/common.py; experiments/bench/speed.py documents every
 section).
 """
 
@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import bench_common as common
-from experiments.bench_common import CONSTANTS, METHOD, K
+from experiments.bench import common
+from experiments.bench.common import CONSTANTS, METHOD, K
 from kd_regression import input_pipeline, models, train
 
 

@@ -7,7 +7,7 @@ the residuals of even a perfect model are heavy-tailed, as real ones are (a few 
 rows far off, none of them an error to reject). The held-out rows carry the noiseless
 target, so the test RMSE measures the function learnt, not the noise.
 
-    python -m experiments.tabular --out DIR
+    python -m experiments.data.tabular --out DIR
     python -m experiments.main --config arrays --config.dataset.path=DIR/tabular.npz \\
         --config.dataset.test_labels_clean=True --workdir runs/tabular
 

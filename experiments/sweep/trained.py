@@ -25,9 +25,11 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from experiments import cell as cells
-from experiments import report, resume, sweep, tasks
-from experiments.validation import TEACHER, cell_name, seeds, train_config, validate
+from experiments import tasks
+from experiments.report import report
+from experiments.sweep import cell as cells
+from experiments.sweep import resume, sweep
+from experiments.sweep.validation import TEACHER, cell_name, seeds, train_config, validate
 from kd_regression import (
     distill,
     export,
@@ -125,7 +127,7 @@ class Trained:
 
 def load(workdir: str, *, cell: str, method: str, seed: int) -> Trained:
     """The model ``method`` (or ``"teacher"``) of ``cell`` and ``seed`` in a workdir of
-    :func:`experiments.sweep.run`, from its checkpoint. A cell not finished (not in
+    :func:`experiments.sweep.sweep.run`, from its checkpoint. A cell not finished (not in
     results.jsonl), an unknown method or seed, or a missing or unfinished checkpoint is a
     :class:`LoadError` naming what exists."""
     workdir = os.path.abspath(workdir)

@@ -23,7 +23,7 @@ import os
 import ml_collections
 import numpy as np
 
-from experiments import tasks
+from experiments.tasks.base import Task, image_model
 from kd_regression import models
 from kd_regression.datasets import arrays
 from kd_regression.datasets.arrays import DataError
@@ -123,7 +123,7 @@ def _inputs(x: np.ndarray, scale) -> np.ndarray:
     return x.astype(np.float32)
 
 
-class ArraysTask(tasks.Task):
+class ArraysTask(Task):
     name = "arrays"
     version = "1"
     model_keys = ("hidden", "model")
@@ -229,7 +229,7 @@ class ArraysTask(tasks.Task):
         data = self.data()
         x, y = data.splits["train"]
         if data.image:
-            return tasks.image_model(part.model, x.shape[-1], y.shape[1], two_heads)
+            return image_model(part.model, x.shape[-1], y.shape[1], two_heads)
         # A section of this config: the teacher's or the student's (None: our default size).
         teacher = part is self._config.teacher
         hidden = part.hidden or default_hidden(teacher, x.shape[1])
@@ -357,6 +357,3 @@ def _check_folds(folds: np.ndarray, n: int, path: str) -> np.ndarray:
     if np.unique(folds).size < 2:
         raise DataError(f"{path}: out-of-fold predictions need at least 2 folds")
     return folds
-
-
-TASK = ArraysTask()

@@ -1,10 +1,10 @@
 """The noise sweep: for every noise model, level and seed, a teacher and one student per method.
 
-One *cell* is a (noise model, level[, fold]) pair (:mod:`experiments.cell`). Within a
+One *cell* is a (noise model, level[, fold]) pair (:mod:`experiments.sweep.cell`). Within a
 cell every seed is a member of one population: data, noise, teacher and students of all
 seeds train in one vmapped, jitted program, and each method's train step is compiled once
 for the whole sweep. This module is the loop over cells: the workdir's lock, what a rerun
-skips (:mod:`experiments.resume`), results.jsonl after each cell, and the report.
+skips (:mod:`experiments.sweep.resume`), results.jsonl after each cell, and the report.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ import jax
 import ml_collections
 from absl import logging
 
-from experiments import report, resume, tasks
-from experiments.cell import Cell, Context, Trainers, run_cell
-from experiments.validation import report_options, validate
+from experiments import tasks
+from experiments.report import report
+from experiments.sweep import resume
+from experiments.sweep.cell import Cell, Context, Trainers, run_cell
+from experiments.sweep.validation import report_options, validate
 from kd_regression import interrupts, sharding, writers
 from kd_regression.fileio import DirectoryLock, DirectoryLockedError, atomic_write_text
 from kd_regression.methods import LossConfig

@@ -23,8 +23,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from experiments import report
-from experiments.validation import TEACHER, cell_name, seeds, train_config
+from experiments.report import report
+from experiments.sweep.validation import TEACHER, cell_name, seeds, train_config
 from kd_regression import distill, interrupts, losses, models, noise
 from kd_regression.methods import NOISE_RATE, LossConfig, get_method
 from kd_regression.trainer import Trainer

@@ -10,11 +10,11 @@ import os
 import numpy as np
 from absl import logging
 
-from experiments import paired
+from experiments.report import paired
+from experiments.report.paired import TEACHER
 from kd_regression.fileio import atomic_write, atomic_write_text
 from kd_regression.methods import METHODS
 
-TEACHER = "teacher"
 DETECTION = ("rejection_rate", "precision", "recall")
 # The methods whose rejection summary.md scores (tor_multitask rejects as tor does).
 DETECTORS = ("tor", "small_loss", "small_loss_oracle")
@@ -152,7 +152,7 @@ def summary_markdown(
     ``quick``: a banner that the numbers mean nothing; ``test_labels``: what the metric is
     measured against, in words ("on the clean test split"); ``references``: methods (or
     ``best_robust``: the best of ``robust`` in each column) every student is compared with,
-    paired by seed (:mod:`experiments.paired`)."""
+    paired by seed (:mod:`experiments.report.paired`)."""
     rmse = aggregate(rows, metric[0])
     lines = ["# Noise sweep summary", ""]
     if quick:

@@ -1,10 +1,10 @@
-"""Shared pieces of the speed benchmark (``python -m experiments.bench_speed``).
+"""Shared pieces of the speed benchmark (``python -m experiments.bench.speed``).
 
 The absl flags of every section (defined here, once: the section modules import this one,
-never ``experiments.bench_speed``, which runs as ``__main__``), the constants, and the
+never ``experiments.bench.speed``, which runs as ``__main__``), the constants, and the
 helpers that time our training (``ours_rates``, ``fit_rate``) and the PyTorch loop
 (``torch_rate``) and print them side by side (``versus``). The sections themselves are in
-experiments/bench_speed.py (mlp, cnn, sweep) and experiments/bench_machine.py (flops,
+experiments/bench/speed.py (mlp, cnn, sweep) and experiments/bench/machine.py (flops,
 pipeline).
 """
 
@@ -114,10 +114,10 @@ def fit_rate(state, step, multi, feed, steps, batch_size, k=K):
 
 
 def torch_rate(torch_model, arrays, batch_size, steps, lr=3e-3, nchw=False):
-    """examples/s of the PyTorch loop (experiments/torch_baseline.py) on the same arrays."""
+    """examples/s of the PyTorch loop (experiments/bench/torch_baseline.py) on the same arrays."""
     import torch
 
-    from experiments import torch_baseline
+    from experiments.bench import torch_baseline
 
     x = arrays["x"].transpose(0, 3, 1, 2) if nchw else arrays["x"]
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
