@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from kd_regression import loop, sharding, teacher_store, train
-from kd_regression.losses import THRESHOLD_METHODS
 from kd_regression.methods import LossConfig, check_teacher_method, get_method, loss_constants
 from kd_regression.models import LABEL_HEAD, MAIN_HEAD
+from kd_regression.thresholds import THRESHOLD_METHODS
 from kd_regression.trainer import TrainConfig, Trainer
 
 __all__ = [

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from kd_regression import losses
+from kd_regression import losses, thresholds
 from kd_regression.models import LABEL_HEAD, MAIN_HEAD, TEACHER_HEAD
 
 Batch = Mapping[str, jax.Array]
@@ -35,7 +35,7 @@ class LossConfig:
     bounded_weight: float = 1.0  # Chen et al. 2017, ν: weight of the bounded term
     ail_alpha: float = 0.5  # Saputra et al. 2019, α
     ail_clip: bool = True  # clip Φ to [0, 1]; see losses.attentive_imitation
-    threshold_method: str = "mixture"  # TOR δ: one of losses.THRESHOLD_METHODS
+    threshold_method: str = "mixture"  # TOR δ: one of thresholds.THRESHOLD_METHODS
     threshold_k: float = 3.0
     threshold_q: float = 0.9
     threshold_value: float | None = None
@@ -66,10 +66,10 @@ class LossConfig:
         ]
         if bad:
             raise ValueError(f"loss config: invalid {'; '.join(bad)}")
-        if self.threshold_method not in losses.THRESHOLD_METHODS:
+        if self.threshold_method not in thresholds.THRESHOLD_METHODS:
             raise ValueError(
                 f"loss config: threshold_method={self.threshold_method!r} is not one of "
-                f"{losses.THRESHOLD_METHODS}"
+                f"{thresholds.THRESHOLD_METHODS}"
             )
         if self.threshold_method == "fixed" and self.threshold_value is None:
             raise ValueError("loss config: threshold_method='fixed' needs threshold_value")
@@ -273,7 +273,7 @@ def loss_constants(labels: jax.Array, teacher: jax.Array, cfg: LossConfig) -> di
     floored at a tiny positive value so a perfect teacher gives a finite Φ.
     """
     residuals = losses.teacher_residual(labels, teacher)
-    threshold = losses.rejection_threshold(
+    threshold = thresholds.rejection_threshold(
         residuals,
         method=cfg.threshold_method,
         k=cfg.threshold_k,

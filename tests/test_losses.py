@@ -10,7 +10,7 @@ import pytest
 from jax.test_util import check_grads
 from scipy.special import gammaln
 
-from kd_regression import losses
+from kd_regression import losses, thresholds
 
 BATCH = 16
 DIMS = (1, 3)
@@ -346,7 +346,7 @@ def _np_mad_threshold(r, k):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_threshold_fixed(dtype):
-    out = jax.jit(lambda r, v: losses.rejection_threshold(r, method="fixed", value=v))(
+    out = jax.jit(lambda r, v: thresholds.rejection_threshold(r, method="fixed", value=v))(
         _residuals().astype(dtype), 0.7
     )
     assert out.shape == () and out.dtype == dtype
@@ -356,7 +356,7 @@ def test_threshold_fixed(dtype):
 @pytest.mark.parametrize("q", [0.0, 0.25, 0.9, 1.0])
 def test_threshold_quantile(q):
     r = _residuals()
-    fn = jax.jit(functools.partial(losses.rejection_threshold, method="quantile", q=q))
+    fn = jax.jit(functools.partial(thresholds.rejection_threshold, method="quantile", q=q))
     out = fn(r)
     assert out.shape == ()
     _assert_close(out, np.quantile(np.float64(r), q))
@@ -365,7 +365,7 @@ def test_threshold_quantile(q):
 @pytest.mark.parametrize(("k", "n"), [(3.0, 1), (3.0, 200), (1.0, 201)])
 def test_threshold_mad(k, n):
     r = _residuals(n)
-    fn = jax.jit(functools.partial(losses.rejection_threshold, method="mad", k=k))
+    fn = jax.jit(functools.partial(thresholds.rejection_threshold, method="mad", k=k))
     _assert_close(fn(r), _np_mad_threshold(r, k))
 
 
@@ -373,14 +373,14 @@ def test_threshold_mad_ignores_a_few_huge_outliers():
     clean = _residuals(1000)
     noisy = clean.copy()
     noisy[:30] = 1e6
-    fn = functools.partial(losses.rejection_threshold, method="mad")
+    fn = functools.partial(thresholds.rejection_threshold, method="mad")
     _assert_close(fn(noisy), _np_mad_threshold(noisy, 3.0))
     assert abs(float(fn(noisy)) - float(fn(clean))) < 0.1 * float(fn(clean))
     # A mean + 3 std rule would be dragged far past every clean residual.
     assert np.mean(noisy) + 3 * np.std(noisy) > 1e4 > float(fn(noisy))
 
 
-def _np_mixture_fit(r, nu, d, steps=losses.MIXTURE_EM_STEPS):
+def _np_mixture_fit(r, nu, d, steps=thresholds.MIXTURE_EM_STEPS):
     """The 'mixture' rule in float64 NumPy, written from the docstring's model."""
     r2 = np.float64(r) ** 2
     log_volume = d / 2 * np.log(np.pi) + d / 2 * np.log(r2.max()) - gammaln(d / 2 + 1)
@@ -413,12 +413,12 @@ def _residual_set(n, d, outliers, inliers, seed):
 @pytest.mark.parametrize("outliers", [0.0, 0.1, 0.4])
 def test_threshold_mixture_matches_numpy(d, outliers):
     r, _ = _residual_set(2000, d, outliers, "t3", seed=d)
-    fit = jax.jit(functools.partial(losses.mixture_fit, nu=3.0, dim=d))(r)
+    fit = jax.jit(functools.partial(thresholds.mixture_fit, nu=3.0, dim=d))(r)
     delta, scale, pi = _np_mixture_fit(r, 3.0, d)
     np.testing.assert_allclose(float(fit["threshold"]), delta, rtol=2e-4)
     np.testing.assert_allclose(float(fit["scale"]), scale, rtol=2e-4)
     np.testing.assert_allclose(float(fit["outlier_fraction"]), pi, rtol=2e-3, atol=1e-6)
-    same = losses.rejection_threshold(r, method="mixture", nu=3.0, dim=d)
+    same = thresholds.rejection_threshold(r, method="mixture", nu=3.0, dim=d)
     np.testing.assert_allclose(float(same), float(fit["threshold"]), rtol=1e-6)  # jit or not
 
 
@@ -430,8 +430,8 @@ def test_threshold_mixture_rejects_about_the_outliers_and_nothing_without(inlier
     truth: an outlier that lands inside the inliers' bulk (about 7 % of them here) is
     indistinguishable from an inlier, so the rule falls a little short, never far over."""
     r, corrupted = _residual_set(20_000, 1, outliers, inliers, seed=7)
-    rejected = np.asarray(r > losses.rejection_threshold(r, method="mixture"))
-    mad = np.asarray(r > losses.rejection_threshold(r, method="mad"))
+    rejected = np.asarray(r > thresholds.rejection_threshold(r, method="mixture"))
+    mad = np.asarray(r > thresholds.rejection_threshold(r, method="mad"))
     if outliers == 0:
         assert rejected.mean() < 0.01
         assert mad.mean() > 0.01  # the rule it replaces, on the same residuals
@@ -442,10 +442,10 @@ def test_threshold_mixture_rejects_about_the_outliers_and_nothing_without(inlier
 
 def test_threshold_mixture_of_a_perfect_teacher_rejects_nothing():
     zeros = np.zeros(50, np.float32)
-    assert float(losses.rejection_threshold(zeros, method="mixture")) == 0.0
+    assert float(thresholds.rejection_threshold(zeros, method="mixture")) == 0.0
     one_off = zeros.copy()
     one_off[3] = 2.0
-    assert np.isfinite(float(losses.rejection_threshold(one_off, method="mixture")))
+    assert np.isfinite(float(thresholds.rejection_threshold(one_off, method="mixture")))
 
 
 # --- vmap over seeds --------------------------------------------------------------------
@@ -514,7 +514,7 @@ ERROR_CASES = {
         r"`teacher` must have a floating dtype, got int32",
     ),
     "bad_method": (
-        lambda: losses.rejection_threshold(R, method="median"),
+        lambda: thresholds.rejection_threshold(R, method="median"),
         r"`method` must be one of \('fixed', 'quantile', 'mad', 'mixture'\), got 'median'",
     ),
     "bad_rejection": (
@@ -526,11 +526,11 @@ ERROR_CASES = {
         r"`rejection` must be one of",
     ),
     "fixed_without_value": (
-        lambda: losses.rejection_threshold(R, method="fixed"),
+        lambda: thresholds.rejection_threshold(R, method="fixed"),
         r"`value` is required when method='fixed'",
     ),
     "fixed_negative_value": (
-        lambda: losses.rejection_threshold(R, method="fixed", value=-1.0),
+        lambda: thresholds.rejection_threshold(R, method="fixed", value=-1.0),
         r"`value` must be >= 0, got -1.0",
     ),
     "negative_threshold_mask": (
@@ -564,35 +564,35 @@ ERROR_CASES = {
     "delta_zero": (lambda: losses.huber(X, X, delta=0.0), r"`delta` must be > 0, got 0.0"),
     "delta_negative": (lambda: losses.huber(X, X, delta=-1.0), r"`delta` must be > 0"),
     "k_zero": (
-        lambda: losses.rejection_threshold(R, method="mad", k=0.0),
+        lambda: thresholds.rejection_threshold(R, method="mad", k=0.0),
         r"`k` must be > 0, got 0.0",
     ),
     "k_negative": (
-        lambda: losses.rejection_threshold(R, method="mad", k=-3),
+        lambda: thresholds.rejection_threshold(R, method="mad", k=-3),
         r"`k` must be > 0, got -3",
     ),
     "nu_zero": (
-        lambda: losses.rejection_threshold(R, method="mixture", nu=0.0),
+        lambda: thresholds.rejection_threshold(R, method="mixture", nu=0.0),
         r"`nu` must be > 0, got 0.0",
     ),
     "q_low": (
-        lambda: losses.rejection_threshold(R, method="quantile", q=-0.1),
+        lambda: thresholds.rejection_threshold(R, method="quantile", q=-0.1),
         r"`q` must be in \[0, 1\], got -0.1",
     ),
     "q_high": (
-        lambda: losses.rejection_threshold(R, method="quantile", q=1.1),
+        lambda: thresholds.rejection_threshold(R, method="quantile", q=1.1),
         r"`q` must be in \[0, 1\], got 1.1",
     ),
     "empty_residuals": (
-        lambda: losses.rejection_threshold(np.zeros(0, np.float32), method="mad"),
+        lambda: thresholds.rejection_threshold(np.zeros(0, np.float32), method="mad"),
         r"`residuals` must be a non-empty 1-D array, got shape \(0,\)",
     ),
     "residuals_2d": (
-        lambda: losses.rejection_threshold(X, method="mad"),
+        lambda: thresholds.rejection_threshold(X, method="mad"),
         r"`residuals` must be a non-empty 1-D array, got shape \(4, 3\)",
     ),
     "int_residuals": (
-        lambda: losses.rejection_threshold(np.arange(5), method="mad"),
+        lambda: thresholds.rejection_threshold(np.arange(5), method="mad"),
         r"`residuals` must have a floating dtype",
     ),
     "negative_weight": (

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_regression import losses, methods
+from kd_regression import losses, methods, thresholds
 from kd_regression.methods import LossConfig
 
 NAMES = {
@@ -170,7 +170,7 @@ def test_loss_constants(cfg):
     _, batch = _data(batch=50, d=3, seed=1)
     y, t = batch["y"], batch["teacher"]
     c = methods.loss_constants(y, t, cfg)
-    expected = losses.rejection_threshold(
+    expected = thresholds.rejection_threshold(
         losses.teacher_residual(y, t),
         method=cfg.threshold_method,
         k=cfg.threshold_k,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from experiments.report import paired, report
+from experiments.report import outputs, paired, report
 
 # Errors of three methods on five seeds of one cell; tor is better than scratch_l2 on
 # every seed by a margin that varies less than the errors do, scratch_l1 no different on
@@ -124,7 +124,7 @@ def test_paired_jsonl_one_record_per_comparison_the_same_for_shuffled_rows(tmp_p
     for order in (rows, random.Random(1).sample(rows, len(rows))):
         out = tmp_path / str(len(written))
         out.mkdir()
-        paths = report.write_all(order, None, str(out), references=references)
+        paths = outputs.write_all(order, None, str(out), references=references)
         assert str(out / "paired.jsonl") in paths
         written.append((out / "paired.jsonl").read_bytes())
     assert written[0] == written[1]
@@ -150,5 +150,5 @@ def test_paired_jsonl_one_record_per_comparison_the_same_for_shuffled_rows(tmp_p
 
 
 def test_no_references_no_paired_jsonl(tmp_path):
-    report.write_all(_rows(), None, str(tmp_path))
+    outputs.write_all(_rows(), None, str(tmp_path))
     assert not (tmp_path / "paired.jsonl").exists()

@@ -6,7 +6,7 @@ from unittest import mock
 
 import numpy as np
 
-from experiments.report import report
+from experiments.report import figures, outputs, report
 from kd_regression.methods import METHODS
 
 
@@ -114,7 +114,7 @@ def test_each_output_of_several_gets_its_own_table():
 
 
 def test_write_all_returns_the_files_it_wrote(tmp_path):
-    paths = report.write_all(_rows(), None, str(tmp_path), quick=True)
+    paths = outputs.write_all(_rows(), None, str(tmp_path), quick=True)
     assert [os.path.basename(p) for p in paths] == ["summary.md", "noise_sweep.png"]
     assert sorted(os.listdir(tmp_path)) == ["noise_sweep.png", "summary.md"]
     assert open(paths[0]).read().startswith("# Noise sweep summary\n\n> **A `:quick` run")
@@ -143,7 +143,7 @@ def test_the_sweep_figure_draws_groups_in_their_own_styles(tmp_path):
     ]
     drawn = []
     with mock.patch.object(plt, "close", lambda fig: drawn.append(fig)):
-        report.plot_noise_sweep(rows, str(tmp_path / "sweep.png"))
+        figures.plot_noise_sweep(rows, str(tmp_path / "sweep.png"))
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     axes = drawn[0].axes
     assert len(axes) == 2  # one panel per noise model
@@ -162,7 +162,7 @@ def test_the_sweep_figure_draws_groups_in_their_own_styles(tmp_path):
     plt.close(drawn[0])
     one = [r for r in rows if r["level"] == 0.0 and r["noise"] == "outliers"]
     with mock.patch.object(plt, "close", lambda fig: drawn.append(fig)):
-        report.plot_noise_sweep(one, str(tmp_path / "one.png"))
+        figures.plot_noise_sweep(one, str(tmp_path / "one.png"))
     xs = [list(c.lines[0].get_xdata()) for c in drawn[1].axes[0].containers]
     assert xs == [[i] for i in range(len(names))]  # one level: the methods side by side
     plt.close(drawn[1])
@@ -185,7 +185,7 @@ def test_the_fits_figure_names_its_axes(tmp_path):
     }
     drawn = []
     with mock.patch.object(plt, "close", lambda fig: drawn.append(fig)):
-        report.plot_fits(fits, str(tmp_path / "fits.png"))
+        figures.plot_fits(fits, str(tmp_path / "fits.png"))
     ax = drawn[0].axes[0]
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("x (input)", "y (label)")
     assert ax.get_title() == "fits at outliers level 0.3 (seed 0)"

@@ -77,7 +77,8 @@ def loss(*, huber_delta: float) -> ml_collections.ConfigDict:
     """Every kd_regression.methods.LossConfig field (the defaults are ours, not the paper's).
 
     TOR's δ: where a mixture of Student-t inliers and uniform outliers fitted to the
-    teacher's training residuals puts the outlier posterior at one half (losses.mixture_fit).
+    teacher's training residuals puts the outlier posterior at one half
+    (kd_regression.thresholds.mixture_fit).
     ``huber_delta`` is in target units, so each experiment sets it.
     """
     c = ml_collections.ConfigDict()

@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from experiments.report import report
+from experiments.report import figures
 from experiments.sweep.validation import TEACHER, cell_name, seeds, train_config
 from kd_regression import distill, interrupts, losses, models, noise
 from kd_regression.methods import NOISE_RATE, LossConfig, get_method
@@ -239,7 +239,7 @@ def run_cell(ctx: Context, cell: Cell) -> tuple[list[dict], dict | None]:
             extra = _selection_scores(ctx, cell, data, student)
         for head, pred in student.heads(data["x_test"]).items():
             out += rows(ctx, cell, name, head, pred, data["labels_test"], extra)
-        if fits is not None and name in report.FIT_METHODS:
+        if fits is not None and name in figures.FIT_METHODS:
             fits[name] = student.predict(grid)[0, :, 0]
         logging.vlog(1, "%s/%s: %.1fs", cell.name, name, time.time() - t1)
     logging.vlog(1, "cell %s: teacher %.1fs, total %.1fs", cell.name, t_teacher, time.time() - t0)

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from experiments.report import report
+from experiments.report import outputs, report
 from experiments.sweep.validation import TEACHER, cell_name, flatten, seeds
 from kd_regression import models
 from kd_regression.fileio import atomic_write, atomic_write_text
@@ -198,7 +198,7 @@ def record_run_time(workdir: str, seconds: float, ended: str) -> list[dict]:
 def remove_temporaries(workdir: str) -> None:
     """Temporary files of writes a killed run left unfinished (their targets are intact)."""
     ours = (RESULTS, CONFIG_FILE, INPUTS_FILE, FITS_FILE, FAILURE_FILE, RUN_TIMES_FILE)
-    ours += report.OUTPUTS
+    ours += outputs.OUTPUTS
     for name in os.listdir(workdir):
         if any(name.startswith(f"{target}.tmp") for target in ours):
             logging.info("removing %s, left by an interrupted write", name)

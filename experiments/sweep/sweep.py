@@ -19,7 +19,7 @@ import ml_collections
 from absl import logging
 
 from experiments import tasks
-from experiments.report import report
+from experiments.report import outputs, report
 from experiments.sweep import resume
 from experiments.sweep.cell import Cell, Context, Trainers, run_cell
 from experiments.sweep.validation import report_options, validate
@@ -259,7 +259,7 @@ def _run_locked(config: ml_collections.ConfigDict, loss_cfg: LossConfig, workdir
     elapsed = time.time() - t0
     if primary:
         runs = [r["seconds"] for r in resume.record_run_time(workdir, elapsed, "finished")]
-        paths = report.write_all(rows, fits, workdir, elapsed_s=runs, setup=setup, **wording)
+        paths = outputs.write_all(rows, fits, workdir, elapsed_s=runs, setup=setup, **wording)
         names = [os.path.basename(p) for p in paths] + [resume.RESULTS]
         print(
             f"sweep finished in {_duration(elapsed)}; wrote {', '.join(names)} in {workdir} "
