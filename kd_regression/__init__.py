@@ -23,10 +23,10 @@ __version__ = "0.1.0"
 # this package, and no module of the package imports another through it.
 _SOURCES = {
     "CheckpointWriteError": "checkpoints",
-    "GivenTeacher": "distill",
+    "GivenTeacher": "teachers",
     "Student": "distill",
-    "Teacher": "distill",
-    "given_teacher": "distill",
+    "Teacher": "teachers",
+    "given_teacher": "teachers",
     "store_predictions": "distill",
     "train_student": "distill",
     "train_teacher": "distill",

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -29,6 +28,15 @@ import numpy as np
 from kd_regression import loop, sharding, teacher_store, train
 from kd_regression.methods import LossConfig, check_teacher_method, get_method, loss_constants
 from kd_regression.models import LABEL_HEAD, MAIN_HEAD
+from kd_regression.teachers import (
+    GivenTeacher,
+    Seeds,
+    Teacher,
+    given_teacher,
+    population,
+    predict_members,
+    stacked,
+)
 from kd_regression.thresholds import THRESHOLD_METHODS
 from kd_regression.trainer import TrainConfig, Trainer
 
@@ -53,151 +61,11 @@ STUDENT_STREAM = 2
 FOLD_TEACHER_STREAM = 100  # + fold j
 FOLD_ASSIGNMENT_STREAM = 17  # the k-fold assignment: rng([seed, 17]).permutation(n) % k
 
-Seeds = int | Sequence[int]
-
 
 def _trainer(model_fn, method, config, loss_config) -> Trainer:
     if model_fn is None or config is None:
         raise ValueError("give model_fn and config (a TrainConfig), or a trainer")
     return Trainer(model_fn, method, config, loss_config)
-
-
-def _population(seeds: Seeds) -> tuple[list[int], bool]:
-    """The seeds as a list, and whether the caller's arrays have no seed axis."""
-    if np.ndim(seeds) == 0:
-        return [int(seeds)], True
-    return [int(s) for s in seeds], False
-
-
-def _stacked(single: bool, *arrays):
-    return tuple(None if a is None else (np.asarray(a)[None] if single else a) for a in arrays)
-
-
-def _predict_members(predict: Callable[[np.ndarray], np.ndarray], xs) -> np.ndarray:
-    """``predict`` (a model trained elsewhere) on each member's inputs of ``[S, n, ...]``."""
-    return np.stack([np.asarray(predict(member), np.float32) for member in xs])
-
-
-@dataclasses.dataclass
-class Teacher:
-    """A trained teacher population, or its ``k`` out-of-fold teachers.
-
-    ``folds``: ``[S, n]``, each training example's fold (None without folds); ``x_train``
-    the inputs it was trained on, ``[S, n, ...]``.
-    """
-
-    trainer: Trainer
-    states: list[train.TrainState]
-    results: list[loop.FitResult]
-    folds: np.ndarray | None
-    x_train: np.ndarray
-    seeds: list[int]
-    single: bool
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """The teacher's prediction on ``x`` (with fold teachers, their mean)."""
-        (x,) = _stacked(self.single, x)
-        outs = [self.trainer.predict(t, x)[MAIN_HEAD] for t in self.states]
-        mean = np.mean(outs, axis=0)
-        return mean[0] if self.single else mean
-
-    def training_predictions(self, index: np.ndarray | None = None) -> np.ndarray:
-        """Predictions on training rows ``index`` (default: all), ``[S, len, d]``: each from
-        the teacher that never saw the row when there are folds (out-of-fold)."""
-        index = np.arange(self.x_train.shape[1]) if index is None else index
-        x = self.x_train[:, index]
-        outs = [self.trainer.predict(t, x)[MAIN_HEAD] for t in self.states]
-        if self.folds is None:
-            return outs[0]
-        picked = np.take_along_axis(np.stack(outs, -1), self.folds[:, index, None, None], -1)
-        return picked[..., 0]
-
-    @functools.cached_property
-    def _params_digest(self) -> str:
-        h = hashlib.sha256()
-        for leaf in jax.tree.leaves(jax.device_get([t.params for t in self.states])):
-            h.update(np.ascontiguousarray(leaf).tobytes())
-        return h.hexdigest()[:16]
-
-    def params_digest(self) -> str:
-        """A digest of the parameters, computed once (a trained teacher does not change;
-        the store's fingerprint and the students' checkpoint keys both ask for it)."""
-        return self._params_digest
-
-
-@dataclasses.dataclass
-class GivenTeacher:
-    """A teacher the library did not train: its predictions on the training rows, ``[S,
-    n, d]``, and optionally a function ``x -> predictions`` for other inputs.
-
-    ``folds``: ``[S, n]`` each row's fold when the predictions are out-of-fold, else None.
-    Use it wherever a :class:`Teacher` goes (:func:`store_predictions`, :func:`train_student`);
-    made by :func:`given_teacher`.
-    """
-
-    predictions: np.ndarray
-    predict_fn: Callable[[np.ndarray], np.ndarray] | None
-    folds: np.ndarray | None
-    seeds: list[int]
-    single: bool
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        if self.predict_fn is None:
-            raise ValueError(
-                "this teacher was given as predictions on its training rows only; give "
-                "predict= to given_teacher for predictions on other inputs"
-            )
-        (x,) = _stacked(self.single, x)
-        out = _predict_members(self.predict_fn, x)
-        return out[0] if self.single else out
-
-    def training_predictions(self, index: np.ndarray | None = None) -> np.ndarray:
-        return self.predictions if index is None else self.predictions[:, index]
-
-    def params_digest(self) -> str:
-        """What stands for a trained teacher's parameters: the predictions' bytes, and the
-        fold ids' (other folds: other out-of-fold predictions, though equal in value)."""
-        h = hashlib.sha256(str(self.predictions.shape).encode())
-        h.update(np.ascontiguousarray(self.predictions, np.float32).tobytes())
-        if self.folds is not None:
-            h.update(np.ascontiguousarray(self.folds, np.int64).tobytes())
-        return h.hexdigest()[:16]
-
-
-def given_teacher(
-    predictions: np.ndarray | None = None,
-    *,
-    x: np.ndarray | None = None,
-    predict: Callable[[np.ndarray], np.ndarray] | None = None,
-    folds: np.ndarray | None = None,
-    seeds: Seeds = 0,
-) -> GivenTeacher:
-    """A teacher trained elsewhere (any framework), as predictions or as a callable.
-
-    ``predictions``: its outputs on the training inputs, in target units (``[n, d]``, or
-    ``[S, n, d]`` for a population); or ``predict`` (``x -> [len(x), d]``) with the
-    training inputs ``x``, from which they are computed. ``folds``: each row's fold id, if
-    the predictions are out-of-fold (recorded in the store's fingerprint).
-    """
-    seed_list, single = _population(seeds)
-    if predictions is None:
-        if predict is None or x is None:
-            raise ValueError("give the teacher's predictions, or predict= and x=")
-        predictions = _predict_members(predict, *_stacked(single, x))
-    else:
-        (predictions,) = _stacked(single, np.asarray(predictions, np.float32))
-    if predictions.ndim != 3 or predictions.shape[0] != len(seed_list):
-        raise ValueError(
-            f"teacher predictions of shape {predictions.shape[int(single) :]}: must be [n, d] "
-            f"(or [S, n, d] for {len(seed_list)} seeds)"
-        )
-    if not np.isfinite(predictions).all():
-        row = int(np.argmax(~np.isfinite(predictions).all(axis=(0, 2))))
-        raise ValueError(f"teacher predictions: NaN or inf at row {row}")
-    if folds is not None:
-        (folds,) = _stacked(single, np.asarray(folds))
-        folds = np.broadcast_to(folds, predictions.shape[:2])
-    return GivenTeacher(predictions, predict, folds, seed_list, single)
 
 
 def train_teacher(
@@ -225,13 +93,13 @@ def train_teacher(
     ``trainer``: a :class:`Trainer` to reuse (its model, method and config) instead of
     ``model_fn``, ``config``, ``method`` and ``loss_config``.
     """
-    seed_list, single = _population(seeds)
-    x, y = _stacked(single, x, y)
+    seed_list, single = population(seeds)
+    x, y = stacked(single, x, y)
     trainer = trainer or _trainer(model_fn, method, config, loss_config)
     check_teacher_method(trainer.method.name)
     val = None
     if validation is not None:
-        val = dict(zip(("x", "y"), _stacked(single, *validation), strict=True))
+        val = dict(zip(("x", "y"), stacked(single, *validation), strict=True))
     fit = functools.partial(
         trainer.fit, seeds=seed_list, validation=val, writer=writer, constants=None
     )
@@ -329,7 +197,7 @@ def store_predictions(
     With several processes, each writes its share of the chunks and process 0 commits.
     """
     loss_config = loss_config or LossConfig()
-    (y,) = _stacked(teacher.single, y)
+    (y,) = stacked(teacher.single, y)
     fingerprint = store_fingerprint(teacher, fingerprint, loss_config)
     if on_mismatch == "fail":
         try:
@@ -381,7 +249,7 @@ class Student:
 
     def heads(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Every head's output on ``x``."""
-        (x,) = _stacked(self.single, x)
+        (x,) = stacked(self.single, x)
         out = self.trainer.predict(self.state, x)
         return {k: v[0] for k, v in out.items()} if self.single else out
 
@@ -400,9 +268,9 @@ def _teacher_inputs(teacher, x, y, loss_config: LossConfig, single: bool):
     if isinstance(teacher, (Teacher, GivenTeacher)):
         predictions = teacher.training_predictions()
     elif callable(teacher):  # a model trained elsewhere, x -> predictions
-        predictions = _predict_members(teacher, x)
+        predictions = predict_members(teacher, x)
     else:
-        (predictions,) = _stacked(single, teacher)
+        (predictions,) = stacked(single, teacher)
     per_seed = jax.vmap(lambda y, t: loss_constants(y, t, loss_config))(
         jnp.asarray(y), jnp.asarray(predictions)
     )
@@ -458,8 +326,8 @@ def train_student(
     ``loss_config``. ``method_constants``: the further per-dataset constants the method needs
     (``Method.constants``: ``small_loss_oracle``'s ``noise_rate``), scalars or one per seed.
     """
-    seed_list, single = _population(seeds)
-    x, y = _stacked(single, x, y)
+    seed_list, single = population(seeds)
+    x, y = stacked(single, x, y)
     method_ = get_method(method)
     if trainer is None:
         two = method_.two_heads and model_fn is not None
