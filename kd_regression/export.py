@@ -114,6 +114,28 @@ def export_stablehlo(
     return diff
 
 
+def _convert(to_onnx, fn, heads: list[str], input_shape, name: str, skip: tuple[str, ...]):
+    """``fn`` as a serialized ONNX model (jax2onnx's ``to_onnx``) without the graph passes
+    ``skip``; its outputs are ``fn``'s ``heads`` in a fixed order, by name."""
+
+    def flat(inputs):  # ONNX outputs are a list
+        out = fn(inputs)
+        return tuple(out[h] for h in heads)
+
+    try:
+        with _quiet_converter(), _without_passes(skip):
+            proto = to_onnx(
+                flat,
+                [(BATCH, *(int(d) for d in input_shape))],
+                model_name=name.replace("/", "_").replace(" ", "_"),
+                input_names=["x"],
+                output_names=heads,
+            )
+    except Exception as e:
+        raise ExportError(f"{name}: cannot be converted to ONNX ({type(e).__name__}: {e})") from e
+    return proto.SerializeToString()
+
+
 def export_onnx(
     fn: Callable[[jax.Array], Heads],
     input_shape: Sequence[int],
@@ -145,30 +167,9 @@ def export_onnx(
     x = np.asarray(check_inputs, np.float32)
     expected = run_batched(reference or fn, x)
     heads = sorted(expected)
-
-    def flat(inputs):  # ONNX outputs are a list: the heads in a fixed order, named
-        out = fn(inputs)
-        return tuple(out[h] for h in heads)
-
-    def convert(skip: tuple[str, ...]) -> bytes:
-        try:
-            with _quiet_converter(), _without_passes(skip):
-                proto = to_onnx(
-                    flat,
-                    [(BATCH, *(int(d) for d in input_shape))],
-                    model_name=name.replace("/", "_").replace(" ", "_"),
-                    input_names=["x"],
-                    output_names=heads,
-                )
-        except Exception as e:
-            raise ExportError(
-                f"{name}: cannot be converted to ONNX ({type(e).__name__}: {e})"
-            ) from e
-        return proto.SerializeToString()
-
     problems = []
     for skip in ((), FALLBACK_SKIPS) if _can_skip() else ((),):
-        blob = convert(skip)
+        blob = _convert(to_onnx, fn, heads, input_shape, name, skip)
         try:
             session = _session(blob)
             diff = max_abs_difference(expected, run_batched(lambda b, s=session: _run(s, b), x))

@@ -91,13 +91,9 @@ def bench_cnn():
     )
 
 
-def bench_sweep():
-    import torch
-
-    from experiments import tasks
-    from experiments.bench import torch_baseline
+def _sweep_config():
+    """The sinusoid config both sides run: the same steps (no early stop), one checkpoint."""
     from experiments.configs import sinusoid
-    from experiments.sweep import cell, sweep
 
     config = sinusoid.get_config(common.SWEEP_CONFIG.value)
     if common.SWEEP_METHODS.value:  # the smoke test: one single-head and one two-head student
@@ -108,6 +104,71 @@ def bench_sweep():
     config.teacher.eval_every = min(config.teacher.eval_every, config.teacher.num_steps)
     config.teacher.checkpoint_every = config.teacher.num_steps
     config.student.checkpoint_every = config.student.num_steps
+    return config
+
+
+def _torch_seed(config, cfg, at, data: dict, i: int, seed: int) -> None:
+    """Seed ``seed`` (member ``i`` of ``data``) of the cell ``at`` in PyTorch: the teacher
+    with its evaluations and training-set predictions, then every method's student and its
+    test predictions."""
+    import torch
+
+    from experiments.bench import torch_baseline
+    from experiments.sweep import cell
+
+    t, s = config.teacher, config.student
+    torch.manual_seed(seed)
+    as_t = {k: torch.from_numpy(np.asarray(v[i])) for k, v in data.items()}
+    teacher = torch_baseline.MLP(1, list(t.hidden), 1)
+    val_x, val_y = as_t["x_val"], as_t["y_val"]
+    torch_baseline.fit(
+        teacher,
+        t.method,
+        {"x": as_t["x_train"], "y": as_t["y_train"]},
+        steps=t.num_steps,
+        batch_size=t.batch_size,
+        learning_rate=t.learning_rate,
+        constants={},
+        cfg=cfg,
+        seed=seed,
+        eval_every=t.eval_every,
+        eval_fn=lambda m, vx=val_x, vy=val_y: (m(vx)["main"] - vy).square().mean(),
+    )
+    teacher.eval()
+    with torch.no_grad():
+        t_train = teacher(as_t["x_train"])["main"]
+    # δ and η as the sweep computes them (methods.loss_constants, the config's rule).
+    constants = {
+        k: float(v)
+        for k, v in methods.loss_constants(
+            jnp.asarray(as_t["y_train"].numpy()), jnp.asarray(t_train.numpy()), cfg
+        ).items()
+    }
+    arrays = {"x": as_t["x_train"], "y": as_t["y_train"], "teacher": t_train}
+    for method in config.methods:
+        two = methods.get_method(method).two_heads
+        student = torch_baseline.MLP(1, list(s.hidden), 1, two_heads=two)
+        torch_baseline.fit(
+            student,
+            method,
+            arrays,
+            steps=s.num_steps,
+            batch_size=s.batch_size,
+            learning_rate=s.learning_rate,
+            constants={**constants, **cell.method_constants(at, method)},
+            cfg=cfg,
+            seed=seed,
+        )
+        student.eval()
+        with torch.no_grad():
+            student(as_t["x_test"])
+
+
+def bench_sweep():
+    from experiments import tasks
+    from experiments.sweep import cell, sweep
+
+    config = _sweep_config()
     cells = []  # level 0 runs once for all noise models, as in the sweep
     for kind in config.noise:
         for level in config.noise[kind]:
@@ -119,61 +180,16 @@ def bench_sweep():
         sweep.run(config, workdir)
         ours = time.perf_counter() - t0
 
-    # PyTorch: the same trainings one after another (teacher with its evaluations and
-    # training-set predictions, then every method's student and its test predictions).
+    # PyTorch: the same trainings one after another.
     cfg = methods.LossConfig.from_dict(config.loss.to_dict())
-    t, s = config.teacher, config.student
     t0 = time.perf_counter()
     for kind, level in cells:
         at = cell.Cell(kind, level)
         data = cell.cell_data(config, tasks.get_task("sinusoid"), at)
         for i, seed in enumerate(seeds):
-            torch.manual_seed(seed)
-            as_t = {k: torch.from_numpy(np.asarray(v[i])) for k, v in data.items()}
-            teacher = torch_baseline.MLP(1, list(t.hidden), 1)
-            val_x, val_y = as_t["x_val"], as_t["y_val"]
-            torch_baseline.fit(
-                teacher,
-                t.method,
-                {"x": as_t["x_train"], "y": as_t["y_train"]},
-                steps=t.num_steps,
-                batch_size=t.batch_size,
-                learning_rate=t.learning_rate,
-                constants={},
-                cfg=cfg,
-                seed=seed,
-                eval_every=t.eval_every,
-                eval_fn=lambda m, vx=val_x, vy=val_y: (m(vx)["main"] - vy).square().mean(),
-            )
-            teacher.eval()
-            with torch.no_grad():
-                t_train = teacher(as_t["x_train"])["main"]
-            # δ and η as the sweep computes them (methods.loss_constants, the config's rule).
-            constants = {
-                k: float(v)
-                for k, v in methods.loss_constants(
-                    jnp.asarray(as_t["y_train"].numpy()), jnp.asarray(t_train.numpy()), cfg
-                ).items()
-            }
-            arrays = {"x": as_t["x_train"], "y": as_t["y_train"], "teacher": t_train}
-            for method in config.methods:
-                two = methods.get_method(method).two_heads
-                student = torch_baseline.MLP(1, list(s.hidden), 1, two_heads=two)
-                torch_baseline.fit(
-                    student,
-                    method,
-                    arrays,
-                    steps=s.num_steps,
-                    batch_size=s.batch_size,
-                    learning_rate=s.learning_rate,
-                    constants={**constants, **cell.method_constants(at, method)},
-                    cfg=cfg,
-                    seed=seed,
-                )
-                student.eval()
-                with torch.no_grad():
-                    student(as_t["x_test"])
+            _torch_seed(config, cfg, at, data, i, seed)
     theirs = time.perf_counter() - t0
+    t, s = config.teacher, config.student
     runs = len(cells) * len(seeds)
     examples = runs * (
         t.num_steps * t.batch_size + len(config.methods) * s.num_steps * s.batch_size

@@ -215,21 +215,7 @@ def _run_locked(config: ml_collections.ConfigDict, loss_cfg: LossConfig, workdir
     try:
         for i, cell in enumerate(every):
             finished = done.get((cell.fold, cell.kind, cell.level))
-            cell_fits = None
-            if finished is not None:
-                cell_rows = finished
-                logging.info(progress.line(i, None, f"in {resume.RESULTS} already, skipped"))
-            elif cell.level == 0.0 and cell.fold in clean_rows:
-                cell_rows = [{**r, "noise": cell.kind} for r in clean_rows[cell.fold]]
-                logging.info(progress.line(i, None, "level 0: the same run as before, reused"))
-            else:
-                t_cell = time.time()
-                try:
-                    cell_rows, cell_fits = run_cell(ctx, cell)
-                except interrupts.Interrupted as e:
-                    e.where = e.where or f"cell {cell.name}"
-                    raise
-                logging.info(progress.line(i, time.time() - t_cell))
+            cell_rows, cell_fits = _cell_rows(ctx, cell, finished, clean_rows, progress, i)
             if cell.level == 0.0:
                 clean_rows[cell.fold] = cell_rows
             rows += cell_rows
@@ -267,6 +253,25 @@ def _run_locked(config: ml_collections.ConfigDict, loss_cfg: LossConfig, workdir
             flush=True,
         )
     return rows
+
+
+def _cell_rows(ctx: Context, cell, finished, clean_rows: dict, progress, i: int):
+    """(rows, fits or None) of ``cell``: its rows in results.jsonl (``finished``), level 0's
+    rows of another noise model (the same run), or a run of it."""
+    if finished is not None:
+        logging.info(progress.line(i, None, f"in {resume.RESULTS} already, skipped"))
+        return finished, None
+    if cell.level == 0.0 and cell.fold in clean_rows:
+        logging.info(progress.line(i, None, "level 0: the same run as before, reused"))
+        return [{**r, "noise": cell.kind} for r in clean_rows[cell.fold]], None
+    t_cell = time.time()
+    try:
+        out = run_cell(ctx, cell)
+    except interrupts.Interrupted as e:
+        e.where = e.where or f"cell {cell.name}"
+        raise
+    logging.info(progress.line(i, time.time() - t_cell))
+    return out
 
 
 def _record_time(workdir: str, t0: float, ended: str) -> None:

@@ -144,26 +144,14 @@ def load(workdir: str, *, cell: str, method: str, seed: int) -> Trained:
     ran = sweep.ran_as(config, named)  # level 0 runs once per fold
     checkpoints = os.path.join(workdir, cells.CHECKPOINTS, ran.name)
     store = _store(os.path.join(workdir, cells.STORES, ran.name))
-    if method == TEACHER:
-        if config.teacher.get("predictions"):
-            raise LoadError(
-                f"the teacher of {workdir} was given as predictions "
-                f"({config.teacher.predictions}): there is no teacher model to load"
-            )
-        role, method_name, two_heads = TEACHER, config.teacher.method, False
-        base = cells.teacher_checkpoint_dir(checkpoints, cells.teacher_spec(config, task, ran))
-        folds = config.teacher.folds
-        dirs = [f"{base}-fold{j}" for j in range(folds)] if folds else [base]
-        constants = None  # a teacher trains without them
-    else:
-        role, method_name = "student", method
-        two_heads = get_method(method).two_heads
-        constants = distill.store_constants(store, loss_cfg)  # in its train state
-        spec = cells.student_spec(config, store.manifest["fingerprint"], constants)
-        n = len(seeds(config))
-        for k, v in cells.method_constants(ran, method).items():  # the oracle's noise rate
-            constants[k] = np.full(n, v, np.float32)
-        dirs = [cells.student_checkpoint_dir(checkpoints, method, spec)]
+    if method == TEACHER and config.teacher.get("predictions"):
+        raise LoadError(
+            f"the teacher of {workdir} was given as predictions "
+            f"({config.teacher.predictions}): there is no teacher model to load"
+        )
+    role, method_name, two_heads, dirs, constants = _checkpoints_of(
+        checkpoints, config, task, ran, method, store, loss_cfg
+    )
     trainer = Trainer(
         task.model_fn(config[role], two_heads),
         method_name,
@@ -202,6 +190,27 @@ def load(workdir: str, *, cell: str, method: str, seed: int) -> Trained:
         rows,
         fingerprint,
     )
+
+
+def _checkpoints_of(checkpoints: str, config, task, ran, method: str, store, loss_cfg):
+    """(role, method name, two heads?, checkpoint dirs, constants of its train state) of
+    ``method`` (or the teacher) in the cell ``ran``, keyed as the sweep keyed them."""
+    if method == TEACHER:
+        role, method_name, two_heads = TEACHER, config.teacher.method, False
+        base = cells.teacher_checkpoint_dir(checkpoints, cells.teacher_spec(config, task, ran))
+        folds = config.teacher.folds
+        dirs = [f"{base}-fold{j}" for j in range(folds)] if folds else [base]
+        constants = None  # a teacher trains without them
+    else:
+        role, method_name = "student", method
+        two_heads = get_method(method).two_heads
+        constants = distill.store_constants(store, loss_cfg)  # in its train state
+        spec = cells.student_spec(config, store.manifest["fingerprint"], constants)
+        n = len(seeds(config))
+        for k, v in cells.method_constants(ran, method).items():  # the oracle's noise rate
+            constants[k] = np.full(n, v, np.float32)
+        dirs = [cells.student_checkpoint_dir(checkpoints, method, spec)]
+    return role, method_name, two_heads, dirs, constants
 
 
 def _config(workdir: str) -> ml_collections.ConfigDict:
