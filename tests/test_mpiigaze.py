@@ -116,6 +116,8 @@ def test_leave_one_person_out_folds_are_disjoint(built):
         assert sum(len(s) for s in sets) == len(data["index"])
     splits = task.splits(config, 0, 3)
     assert splits["train"][0].dtype == np.float32 and splits["train"][0].max() <= 1.0
+    # The data's content is in the teacher's fingerprint: a rebuilt dataset is new data.
+    assert len(task.content_digest(config)) == 16
     np.testing.assert_allclose(task.to_target(splits["test"][1]), np.radians(splits["test"][1]))
 
 

@@ -104,6 +104,7 @@ def test_validation_subjects_are_held_out(built):
     splits = task.splits(config, 0)
     assert splits["test"][1].shape == (len(data["test"]["index"]), 1)
     np.testing.assert_allclose(task.to_target(np.array([[90.0], [-45.0]])), [[1.0], [-0.5]])
+    assert len(task.content_digest(config)) == 16  # the data's content, fingerprinted
 
 
 @pytest.mark.parametrize("problem", ["misnamed", "corrupt png", "no sessions", "missing"])

@@ -7,6 +7,21 @@ from experiments import tasks
 from experiments.configs import faces as faces_config
 from experiments.sweep import sweep
 
+# What every task defines beyond base.Task's hooks (which have defaults).
+REQUIRED = {"train_size", "splits", "label_range", "to_target", "model_fn", "metrics"}
+OWN = {"arrays": {"data"}}  # a task's own public methods, declared here on purpose
+
+
+def test_every_task_method_is_a_hook_of_base_task_or_a_required_one():
+    """A misspelt hook (``contentdigest``) would silently fall back to base.Task's default."""
+    hooks = {n for n in vars(tasks.Task) if not n.startswith("_")}
+    for name, task in tasks.TASKS.items():
+        mine = {n for c in type(task).__mro__[:-2] for n in vars(c) if callable(vars(c)[n])}
+        public = {n for n in mine if not n.startswith("_")}
+        extra = public - hooks - REQUIRED - OWN.get(name, set())
+        assert not extra, (name, sorted(extra))
+        assert REQUIRED <= set(dir(task)), (name, sorted(REQUIRED - set(dir(task))))
+
 
 def test_faces_metrics_are_angular_errors_in_degrees():
     task = tasks.get_task("faces")

@@ -47,7 +47,7 @@ class MpiiGazeTask(Task):
     def folds(self, ds):
         return list(ds.test_people)
 
-    def contentdigest(self, ds):
+    def content_digest(self, ds):
         return self._data(ds)[1]
 
     def _indices(self, ds, seed: int, fold: int) -> dict[str, np.ndarray]:

@@ -37,7 +37,7 @@ class MultiPieTask(Task):
         check_fraction(ds, "validation_fraction")
         multipie.config(ds.image_size, ds.illuminations)  # raises on a bad size or shot
 
-    def contentdigest(self, ds):
+    def content_digest(self, ds):
         return self._data(ds)[1]
 
     def _train_validation(self, ds, seed):
