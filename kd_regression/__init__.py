@@ -12,8 +12,9 @@ The method in four calls (:mod:`kd_regression.distill`)::
 A teacher trained elsewhere goes in as ``kd.given_teacher(predictions)`` (or a callable
 ``x -> predictions``) wherever a trained one does.
 
-The pieces they are made of live in their own modules: losses, methods, models, train
-(train state and steps), loop (``fit``), teacher_store, input_pipeline, noise, sharding.
+The pieces they are made of live in their own modules: teachers, losses, thresholds,
+methods, models, train (train state and steps), trainer, loop (``fit``), teacher_store,
+input_pipeline, noise, sharding.
 """
 
 __version__ = "0.1.0"

@@ -89,7 +89,8 @@ class GivenTeacher:
     n, d]``, and optionally a function ``x -> predictions`` for other inputs.
 
     ``folds``: ``[S, n]`` each row's fold when the predictions are out-of-fold, else None.
-    Use it wherever a :class:`Teacher` goes (:func:`store_predictions`, :func:`train_student`);
+    Use it wherever a :class:`Teacher` goes (:func:`kd_regression.distill.store_predictions`,
+    :func:`kd_regression.distill.train_student`);
     made by :func:`given_teacher`.
     """
 

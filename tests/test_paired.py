@@ -110,7 +110,7 @@ def test_summary_shows_the_paired_tables_bold_where_resolved():
 
 
 def test_paired_jsonl_one_record_per_comparison_the_same_for_shuffled_rows(tmp_path):
-    """write_all's paired.jsonl: the fields the README names, a record per (noise, level,
+    """write_all's paired.jsonl: the fields docs/cli.md names, a record per (noise, level,
     method, head, reference) without the teacher, the same bytes whatever the row order."""
     errors = {**ERRORS, "scratch_huber": [0.29, 0.24, 0.30, 0.26, 0.30]}
     rows = _rows(errors) + [

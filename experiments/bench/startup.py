@@ -51,7 +51,8 @@ def one_run(config: str) -> dict:
         proc.wait()
         wall = time.perf_counter() - t0
     if proc.returncode != 0 or ready is None:
-        sys.exit(f"bench_startup: the run failed (status {proc.returncode}):\n{''.join(lines)}")
+        status = f"the run failed (status {proc.returncode})"
+        sys.exit(f"experiments.bench.startup: {status}:\n{''.join(lines)}")
     # ru_maxrss of the children waited for: the largest of them (KiB on Linux).
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"startup_s": ready, "wall_s": wall, "peak_rss_mib": rss, "tensorflow": tf}

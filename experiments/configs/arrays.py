@@ -17,7 +17,7 @@ Vectors ``[n, d]`` get MLPs, images ``[n, H, W(, C)]`` the ResNet / MobileNet-li
 
 A teacher trained elsewhere: ``--config.teacher.predictions=FILE`` (``.npy`` or ``.npz``
 array ``train``, one row per row of ``x`` / of the table, in the labels' units; see
-README "Your own data"). Then no teacher is trained.
+docs/own_data.md). Then no teacher is trained.
 
 Noise: ``noise.none`` runs the labels as they are (the real case); ``noise.outliers`` and
 ``noise.gaussian`` inject more, in standard deviations of each output, for studies

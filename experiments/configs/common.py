@@ -28,8 +28,8 @@ def base(dataset_name: str, *, huber_delta: float) -> ml_collections.ConfigDict:
     config.num_devices = 0
     # Train steps per compiled call (a lax.scan; the same numbers as single steps); logs,
     # evaluations and checkpoints cut the blocks short. 1 here: on XLA's CPU backend a scan
-    # of the image CNNs' steps measured slower (bench_speed); try 16 on an accelerator,
-    # where small steps are bound by dispatch.
+    # of the image CNNs' steps measured slower (experiments/bench/speed.py); try 16 on an
+    # accelerator, where small steps are bound by dispatch.
     config.steps_per_call = 1
 
     config.dataset = ml_collections.ConfigDict()

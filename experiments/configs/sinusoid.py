@@ -1,6 +1,6 @@
 r"""The paper's sinusoid toy experiment: every method at every label-noise level and seed.
 
-Run (about 2.5 minutes on a 2-core CPU on its own; 475 s of sweep time measured while
+Run (about 3 minutes on a 2-core CPU on its own; 475 s of sweep time measured while
 other jobs shared the cores):
 
   python -m experiments.main --config experiments/configs/sinusoid.py --workdir runs/sinusoid

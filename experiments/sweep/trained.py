@@ -99,7 +99,7 @@ class Trained:
         fns = [export.inference_fn(graphdef, s) for s in self.states]
         if len(fns) == 1:
             return fns[0]
-        # Fold teachers: the teacher's prediction is their mean (as distill.Teacher's).
+        # Fold teachers: the teacher's prediction is their mean (as teachers.Teacher's).
         head = models.MAIN_HEAD
         return lambda x: {head: jnp.mean(jnp.stack([f(x)[head] for f in fns]), axis=0)}
 

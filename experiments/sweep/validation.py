@@ -2,7 +2,7 @@
 
 Each error names the config key and what is allowed. Values that belong to a library
 layer are checked there and only named here: a training section by
-:class:`kd_regression.distill.TrainConfig`, the loss options by
+:class:`kd_regression.trainer.TrainConfig`, the loss options by
 :class:`kd_regression.methods.LossConfig`, the batch's split over devices and processes by
 :func:`kd_regression.sharding.check_batch_size`.
 """
