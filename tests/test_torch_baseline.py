@@ -10,7 +10,7 @@ import pytest
 from kd_regression import methods, models, train
 
 torch = pytest.importorskip("torch")  # a benchmark extra; installed by `make test`
-from experiments import torch_baseline  # noqa: E402
+from experiments.bench import torch_baseline  # noqa: E402
 
 STEPS = 6
 
