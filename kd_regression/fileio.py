@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from typing import BinaryIO
 
+import numpy as np
+
 LOCK_FILE = ".lock"
 
 
@@ -82,6 +84,11 @@ def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
 
 def atomic_write_text(path: str, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write_npz(path: str, **arrays) -> None:
+    """``np.savez(path, **arrays)``, written whole or not at all (see :func:`atomic_write`)."""
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 class DirectoryLockedError(RuntimeError):

@@ -11,7 +11,8 @@ of the rows by a fixed seed; the validation split is drawn from ``x`` by the swe
 learn), its out-of-fold predictions on ``x`` (``train``, with each row's ``fold``) and
 its predictions on ``x_test`` (``test``) from a model fitted on all of ``x``. Out-of-fold,
 because a boosted model's predictions on its own training rows nearly copy their labels,
-so its residuals would show no label as an outlier.
+so its residuals would show no label as an outlier. Each file is written whole or not at
+all (a temporary file renamed).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import argparse
 import os
 
 import numpy as np
+
+from kd_regression import fileio
 
 TEST_FRACTION = 0.2
 FOLDS = 5
@@ -41,7 +44,7 @@ def write(out: str, seed: int = 0) -> dict[str, str]:
         "data": os.path.join(out, "diabetes.npz"),
         "teacher": os.path.join(out, "gbm_teacher.npz"),
     }
-    np.savez(paths["data"], x=x[train], y=y[train], x_test=x[test], y_test=y[test])
+    fileio.atomic_write_npz(paths["data"], x=x[train], y=y[train], x_test=x[test], y_test=y[test])
 
     def gbm():
         return GradientBoostingRegressor(
@@ -55,7 +58,7 @@ def write(out: str, seed: int = 0) -> dict[str, str]:
         oof[held] = gbm().fit(x[train][fit_rows], y[train][fit_rows]).predict(x[train][held])
         fold[held] = j
     test_pred = gbm().fit(x[train], y[train]).predict(x[test]).astype(np.float32)
-    np.savez(paths["teacher"], train=oof, test=test_pred, fold=fold)
+    fileio.atomic_write_npz(paths["teacher"], train=oof, test=test_pred, fold=fold)
     return paths
 
 

@@ -19,7 +19,6 @@ at all (a temporary file renamed).
 from __future__ import annotations
 
 import argparse
-import io
 import os
 
 import numpy as np
@@ -51,9 +50,7 @@ def write(out: str, seed: int = 0) -> str:
     """Writes ``out/tabular.npz``; returns its path."""
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "tabular.npz")
-    buffer = io.BytesIO()
-    np.savez(buffer, **make(seed))
-    fileio.atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    fileio.atomic_write_npz(path, **make(seed))
     return path
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 from experiments.report import figures, paired
 from experiments.report.report import CLEAN_TEST, summary_markdown
@@ -19,27 +20,23 @@ def write_all(
     fits: dict | None,
     workdir: str,
     *,
-    elapsed_s: float | list[float] | None = None,
-    setup: str | None = None,
     metric: tuple[str, str] = ("rmse", "test RMSE"),
-    failure: str | None = None,
-    quick: bool = False,
     test_labels: str = CLEAN_TEST,
     references: tuple[str, ...] = (),
     robust: tuple[str, ...] = paired.ROBUST,
+    **summary: Any,
 ) -> list[str]:
     """summary.md, noise_sweep.png, (with ``fits``) fits.png and (with ``references``)
-    paired.jsonl and paired.png in ``workdir``; their paths."""
+    paired.jsonl and paired.png in ``workdir``; their paths. ``summary``: the rest of
+    :func:`~experiments.report.report.summary_markdown`'s options (``elapsed_s``,
+    ``setup``, ``failure``, ``quick``)."""
     text = summary_markdown(
         rows,
-        elapsed_s=elapsed_s,
-        setup=setup,
         metric=metric,
-        failure=failure,
-        quick=quick,
         test_labels=test_labels,
         references=references,
         robust=robust,
+        **summary,
     )
     summary, sweep_png, fits_png, paired_png, paired_jsonl = (
         os.path.join(workdir, n) for n in OUTPUTS
